@@ -1,0 +1,173 @@
+"""The pyte screen behind :class:`app.widgets.terminal.TerminalWidget`.
+
+pyte 0.8 models a VT220-ish terminal but lacks a few things a modern
+full-screen program relies on, so this module fills them in:
+
+* the alternate screen (``?47``, ``?1047``, ``?1049``) used by ``vi``, ``top``,
+  ``less``: without it, leaving ``vi`` would leave its last frame on screen and
+  the editor's scrolling would pollute the scrollback;
+* replies to device status / attribute queries go to a callback, so they reach
+  the remote side like a real terminal's answers do;
+* scrollback is read straight from ``history.top``; the live screen is never
+  paged (``prev_page``/``next_page`` are not used), so the per-event wrapper of
+  :class:`pyte.HistoryScreen` is bypassed for speed;
+* shrinking the screen pushes the lines above the cursor into the scrollback
+  instead of silently dropping them, as xterm does.
+
+No Qt here: the screen is plain data, testable on its own.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import pyte
+from pyte.screens import Char, StaticDefaultDict
+
+#: Private mode numbers that switch to the alternate screen.
+_ALT_SCREEN_MODES = frozenset({47, 1047, 1049})
+#: DEC application cursor keys (``?1``); pyte stores private modes shifted by 5
+#: and has no constant for this one.
+APP_CURSOR_KEYS = 1 << 5
+#: xterm's bracketed paste mode (``?2004``), shifted the same way.
+BRACKETED_PASTE = 2004 << 5
+
+Line = StaticDefaultDict[int, Char]
+
+
+class TermScreen(pyte.HistoryScreen):
+    """A :class:`pyte.HistoryScreen` with an alternate screen and replies."""
+
+    def __init__(
+        self,
+        columns: int,
+        lines: int,
+        history: int,
+        reply: Callable[[str], None] | None = None,
+    ) -> None:
+        self._reply = reply
+        self._main_buffer: dict[int, Line] | None = None
+        self._main_cursor: pyte.screens.Cursor | None = None
+        #: Lines ever pushed into the scrollback; never decreases (except on
+        #: clear), so it gives lines a stable absolute number for selections.
+        self.pushed = 0
+        super().__init__(columns, lines, history=history)
+
+    # HistoryScreen wraps every event with before/after hooks that page the
+    # screen back to the bottom. Scrollback is rendered from history.top
+    # without paging, so those hooks are pure overhead on the hot path.
+    def __getattribute__(self, attr: str) -> Any:
+        return object.__getattribute__(self, attr)
+
+    @property
+    def in_alternate_screen(self) -> bool:
+        return self._main_buffer is not None
+
+    @property
+    def scrollback(self) -> Any:
+        """The scrollback lines, oldest first (a bounded deque)."""
+        return self.history.top
+
+    def _new_buffer(self) -> dict[int, Line]:
+        return defaultdict(lambda: StaticDefaultDict[int, Char](self.default_char))
+
+    def set_mode(self, *modes: int, **kwargs: Any) -> None:
+        if kwargs.get("private"):
+            alt = [m for m in modes if m in _ALT_SCREEN_MODES]
+            if alt and self._main_buffer is None:
+                if 1049 in alt:
+                    self.save_cursor()
+                self._main_buffer = self.buffer
+                self._main_cursor = self.cursor
+                self.cursor = pyte.screens.Cursor(self.cursor.x, self.cursor.y, self.cursor.attrs)
+                self.cursor.hidden = self._main_cursor.hidden
+                self.buffer = self._new_buffer()
+                self.dirty.update(range(self.lines))
+            modes = tuple(m for m in modes if m not in _ALT_SCREEN_MODES)
+        super().set_mode(*modes, **kwargs)
+
+    def reset_mode(self, *modes: int, **kwargs: Any) -> None:
+        if kwargs.get("private"):
+            alt = [m for m in modes if m in _ALT_SCREEN_MODES]
+            if alt and self._main_buffer is not None:
+                self.buffer = self._main_buffer
+                assert self._main_cursor is not None
+                hidden = self.cursor.hidden
+                self.cursor = self._main_cursor
+                self.cursor.hidden = hidden
+                self._main_buffer = None
+                self._main_cursor = None
+                if 1049 in alt:
+                    self.restore_cursor()
+                self.dirty.update(range(self.lines))
+            modes = tuple(m for m in modes if m not in _ALT_SCREEN_MODES)
+        super().reset_mode(*modes, **kwargs)
+
+    def index(self) -> None:
+        top, bottom = self.margins or pyte.screens.Margins(0, self.lines - 1)
+        # Only a full-screen scroll on the main screen feeds the scrollback;
+        # a scroll region (an editor's status line stays put) or the
+        # alternate screen must not.
+        if self.cursor.y == bottom and top == 0 and self._main_buffer is None:
+            self.history.top.append(self.buffer[top])
+            self.pushed += 1
+        pyte.Screen.index(self)
+
+    def reverse_index(self) -> None:
+        # The bottom history is only for paging, which is not used.
+        pyte.Screen.reverse_index(self)
+
+    def resize(self, lines: int | None = None, columns: int | None = None) -> None:
+        lines = lines or self.lines
+        columns = columns or self.columns
+        if lines < self.lines:
+            # Keep the cursor's line on screen: push what is above it into the
+            # scrollback (main screen only) and cut the blank lines below it.
+            drop = max(0, self.cursor.y + 1 - lines)
+            if self._main_buffer is None:
+                for y in range(drop):
+                    self.history.top.append(self.buffer[y])
+                    self.pushed += 1
+            if drop:
+                for y in range(self.lines - drop):
+                    self.buffer[y] = self.buffer[y + drop]
+                self.cursor.y -= drop
+            for y in range(lines, self.lines):
+                self.buffer.pop(y, None)
+                if self._main_buffer is not None:
+                    self._main_buffer.pop(y, None)
+            if self._main_cursor is not None:
+                self._main_cursor.y = min(self._main_cursor.y, lines - 1)
+            # pyte would drop lines from the top itself; it is done above.
+            self.lines = lines
+        super().resize(lines, columns)
+        self.set_margins()
+        self.tabstops = set(range(8, self.columns, 8))
+        self.dirty.update(range(self.lines))
+
+    def erase_in_display(self, how: int = 0, *args: Any, **kwargs: Any) -> None:
+        pyte.Screen.erase_in_display(self, how, *args, **kwargs)
+        if how == 3:  # "clear scrollback" (xterm's ED 3, used by `clear`).
+            self.history.top.clear()
+
+    def clear_all(self) -> None:
+        """Empty the scrollback and the screen, keeping modes (the app lives on)."""
+        self.history.top.clear()
+        self.history.bottom.clear()
+        self.pushed = 0
+        pyte.Screen.erase_in_display(self, 2)
+        self.cursor_position()
+
+    def write_process_input(self, data: str) -> None:
+        if self._reply is not None:
+            self._reply(data)
+
+    @property
+    def application_cursor(self) -> bool:
+        return APP_CURSOR_KEYS in self.mode
+
+    @property
+    def bracketed_paste(self) -> bool:
+        return BRACKETED_PASTE in self.mode
