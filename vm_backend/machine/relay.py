@@ -1,0 +1,409 @@
+"""The engine socket: a host unix socket relayed to the guest's docker.sock over SSH.
+
+For each client connection (docker CLI, docker-py, the Berth window) one SSH channel is
+opened on the VM's single long-lived transport, to ``/var/run/docker.sock`` in the guest,
+and bytes are pumped both ways. Half-close is propagated in both directions, which the
+Docker API's hijacked streams need (``docker attach``, ``exec -it``, ``run -i`` with stdin
+closed): the client's ``shutdown(SHUT_WR)`` becomes the channel's EOF, and the channel's
+EOF becomes ``shutdown(SHUT_WR)`` on the client socket.
+
+Two channel kinds can reach the guest socket (docs/transports.md compares them, with
+figures): ``direct-streamlocal@openssh.com`` (sshd connects to the socket itself; the
+default) and an exec of ``docker system dial-stdio`` per connection (a process per
+connection in the guest; kept as a fallback for a guest sshd with streamlocal off).
+
+Security (research/reliability_perf.md 1.1 and 1.6): the socket is root-equivalent in the
+guest, so it lives in a 0700 directory owned by us and is itself 0600. It is bound under
+a temporary name in that directory and renamed into place, so a symlink or file planted at
+the final path is replaced, never followed. The relay only ever connects to a socket path
+*inside the guest*, by the SSH channel; it never resolves a host path per connection
+(the CVE-2026-79994 shape). On Windows the counterpart is an owner-only named pipe, which
+is not implemented yet: :meth:`EngineSocketRelay.start` refuses with a clear error there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import errno
+import logging
+import os
+import secrets
+import select
+import selectors
+import socket
+import stat
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from paramiko.channel import Channel
+
+from vm_backend.errors import BerthError
+
+log = logging.getLogger(__name__)
+
+GUEST_DOCKER_SOCKET = "/var/run/docker.sock"
+DIAL_STDIO_ARGV: tuple[str, ...] = ("docker", "system", "dial-stdio")
+# sun_path is 108 bytes on Linux and 104 on macOS; use the smaller so a path that works
+# on one works on both.
+MAX_SOCKET_PATH = 103
+_CHUNK = 65536
+
+
+class RelayMechanism(enum.Enum):
+    """How each client connection reaches the guest's engine socket."""
+
+    STREAMLOCAL = "direct-streamlocal"
+    DIAL_STDIO = "dial-stdio"
+
+
+class ChannelOpener(Protocol):
+    """What the relay needs from the SSH session (GuestSSH provides it; tests may fake it)."""
+
+    def open_unix_socket(self, path: str) -> Channel: ...
+
+    def open_stdio(self, argv: Sequence[str]) -> Channel: ...
+
+
+class RelayError(BerthError):
+    """The engine socket could not be set up."""
+
+
+def ensure_private_dir(directory: Path) -> None:
+    """Create ``directory`` 0700 if needed and check it is ours and not reachable by others.
+
+    A directory that exists but belongs to someone else, or is a symlink, is refused: the
+    socket inside would be theirs to replace. Loose permissions on our own directory are
+    tightened rather than refused (an old umask may have created it).
+    """
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.lstat(directory)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise RelayError(
+            f"{directory} is not a plain directory (a symlink or a file is in the way)",
+            "remove it so Berth can create its socket directory",
+        )
+    if st.st_uid != os.getuid():
+        raise RelayError(
+            f"{directory} belongs to another user (uid {st.st_uid})",
+            "Berth keeps the engine socket only in a directory of its own; remove it",
+        )
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(directory, 0o700)
+
+
+def bind_private_socket(path: Path, backlog: int = 128) -> tuple[socket.socket, os.stat_result]:
+    """Listen on a new 0600 unix socket at ``path`` (in a 0700 dir), atomically.
+
+    Returns the listening socket and the ``lstat`` of the bound file, so the owner can
+    later unlink the path only if it still is this very socket.
+    """
+    if not hasattr(socket, "AF_UNIX"):
+        raise RelayError(
+            "this platform has no unix sockets, and Berth's named-pipe relay for Windows"
+            " is not implemented yet",
+            "use the Berth window or CLI, which talk to the VM directly",
+        )
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise RelayError(
+            f"the socket path {path} is longer than {MAX_SOCKET_PATH} bytes, the limit of"
+            " unix sockets",
+            "choose a shorter Berth data directory (or machine name)",
+        )
+    ensure_private_dir(path.parent)
+    tmp = path.parent / f".{secrets.token_hex(4)}.sock.tmp"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(os.fspath(tmp))
+        # The directory is 0700 and ours, so nobody can reach the temporary name in the
+        # instant between bind (mode from umask) and this chmod.
+        os.chmod(tmp, 0o600)
+        sock.listen(backlog)
+        try:
+            # rename(2) replaces whatever is at ``path`` (a stale socket, a planted symlink)
+            # as a directory entry and never follows it.
+            os.rename(tmp, path)
+        except IsADirectoryError as exc:
+            raise RelayError(
+                f"a directory is in the way of the engine socket at {path}",
+                "remove it and start the machine again",
+            ) from exc
+        return sock, os.lstat(path)
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class _Connection:
+    """One relayed client: a client socket, one SSH channel, two pump threads."""
+
+    def __init__(self, relay: EngineSocketRelay, client: socket.socket, number: int) -> None:
+        self.relay = relay
+        self.client = client
+        self.number = number
+        self.chan: Channel | None = None
+        self._lock = threading.Lock()
+        self._halves_done = 0
+        self._aborted = False
+        self._finished = False
+
+    def run_up(self) -> None:
+        """Thread 1: open the channel, start the downstream pump, then client -> channel."""
+        try:
+            chan = self.relay._open_channel()
+        except BerthError as exc:
+            log.warning("engine socket: %s", exc)
+            # Closing without a reply is what a dead engine socket looks like to a client:
+            # docker-py/CLI report "connection reset/EOF", and the daemon logs the reason.
+            self._halves_done = 1
+            self._half_done()
+            return
+        with self._lock:
+            self.chan = chan
+            aborted = self._aborted
+        if aborted:
+            self._half_done()
+            self._half_done()
+            return
+        down = threading.Thread(
+            target=self.run_down, name=f"berth-relay-down-{self.number}", daemon=True
+        )
+        down.start()
+        try:
+            while True:
+                data = self.client.recv(_CHUNK)
+                if not data:
+                    break
+                chan.sendall(data)
+            if not self._aborted:
+                chan.shutdown_write()
+                self._wait_client_hangup()
+        except (OSError, EOFError) as exc:
+            self._abort(f"client to guest: {exc}")
+        finally:
+            self._half_done()
+
+    def run_down(self) -> None:
+        """Thread 2: channel -> client; the channel's EOF becomes the client's EOF."""
+        chan = self.chan
+        assert chan is not None
+        try:
+            while True:
+                data = chan.recv(_CHUNK)
+                if not data:
+                    break
+                self.client.sendall(data)
+            if not self._aborted:
+                self.client.shutdown(socket.SHUT_WR)
+        except (OSError, EOFError) as exc:
+            self._abort(f"guest to client: {exc}")
+        finally:
+            self._half_done()
+
+    def _wait_client_hangup(self) -> None:
+        """After the client's EOF, wait until it hangs up completely or we finish.
+
+        A client that half-closed may still be reading (docker attach with stdin done);
+        one that *closed* will never read again, but a quiet hijacked stream would keep
+        its channel open until the container wrote something. POLLHUP is raised when both
+        directions are shut: the client closed, or run_down shut ours after the channel's
+        EOF, or _abort shut both, so this wait always ends and never spins.
+        """
+        poller = select.poll()
+        poller.register(self.client.fileno(), 0)  # 0: only HUP/ERR/NVAL wake us
+        while True:
+            events = poller.poll()
+            if any(ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, ev in events):
+                break
+        with self._lock:
+            down_done = self._halves_done >= 1
+        if not down_done:
+            # The client went away while the guest side was still open: stop the stream.
+            self._abort("client hung up")
+
+    def _abort(self, reason: str) -> None:
+        with self._lock:
+            if self._aborted or self._finished:
+                return
+            self._aborted = True
+            chan = self.chan
+        log.debug("engine socket connection %d aborted: %s", self.number, reason)
+        # Both calls wake the pump threads: recv() on a closed channel returns b"", and
+        # shutdown() makes the client socket's recv return and poll report HUP.
+        if chan is not None:
+            chan.close()
+        with contextlib.suppress(OSError):
+            self.client.shutdown(socket.SHUT_RDWR)
+
+    def _half_done(self) -> None:
+        with self._lock:
+            self._halves_done += 1
+            if self._halves_done < 2 or self._finished:
+                return
+            self._finished = True
+            chan = self.chan
+        if chan is not None:
+            chan.close()
+        with contextlib.suppress(OSError):
+            self.client.close()
+        self.relay._forget(self)
+
+    def abort(self) -> None:
+        self._abort("relay stopping")
+
+
+class EngineSocketRelay:
+    """Serve ``socket_path`` on the host; relay each connection to the guest's engine.
+
+    ``max_connections`` bounds threads and channels (two threads and one channel per
+    connection); a client beyond it is closed at once and a warning is logged.
+    """
+
+    def __init__(
+        self,
+        ssh: ChannelOpener,
+        socket_path: Path,
+        *,
+        guest_socket: str = GUEST_DOCKER_SOCKET,
+        mechanism: RelayMechanism = RelayMechanism.STREAMLOCAL,
+        dial_stdio_argv: Sequence[str] = DIAL_STDIO_ARGV,
+        max_connections: int = 256,
+    ) -> None:
+        self.ssh = ssh
+        self.socket_path = Path(socket_path)
+        self.guest_socket = guest_socket
+        self.mechanism = mechanism
+        self.dial_stdio_argv = tuple(dial_stdio_argv)
+        self.max_connections = max_connections
+        self._lock = threading.Lock()
+        self._connections: set[_Connection] = set()
+        self._counter = 0
+        self._listener: socket.socket | None = None
+        self._bound: os.stat_result | None = None
+        self._wake_r: int = -1
+        self._wake_w: int = -1
+        self._accept_thread: threading.Thread | None = None
+        self._idle = threading.Condition(self._lock)
+
+    @property
+    def active_connections(self) -> int:
+        with self._lock:
+            return len(self._connections)
+
+    @property
+    def url(self) -> str:
+        """The ``DOCKER_HOST`` value for this socket."""
+        return f"unix://{self.socket_path}"
+
+    def start(self) -> None:
+        """Bind the socket (see :func:`bind_private_socket`) and start accepting."""
+        if self._listener is not None:
+            return
+        if sys.platform == "win32":
+            raise RelayError(
+                "the engine socket for Windows (an owner-only named pipe) is not implemented"
+                " yet",
+                "use the Berth window or CLI meanwhile",
+            )
+        self._listener, self._bound = bind_private_socket(self.socket_path)
+        self._wake_r, self._wake_w = os.pipe()
+        self._accept_thread = threading.Thread(
+            target=self._accept_loop, name=f"berth-relay-accept:{self.socket_path.name}",
+            daemon=True,
+        )
+        self._accept_thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop accepting, cut every relayed connection, and remove the socket file.
+
+        The file is removed only if it still is the socket we bound (same inode), so a
+        newer relay's socket at the same path is left alone.
+        """
+        listener = self._listener
+        if listener is None:
+            return
+        self._listener = None
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+        if self._accept_thread is not None:
+            self._accept_thread.join(timeout)
+        listener.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        bound = self._bound
+        with contextlib.suppress(FileNotFoundError):
+            st = os.lstat(self.socket_path)
+            if bound is not None and (st.st_ino, st.st_dev) == (bound.st_ino, bound.st_dev):
+                os.unlink(self.socket_path)
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            conn.abort()
+        with self._idle:
+            self._idle.wait_for(lambda: not self._connections, timeout)
+
+    def __enter__(self) -> EngineSocketRelay:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ----------------------------------------------------------------- internals
+
+    def _open_channel(self) -> Channel:
+        if self.mechanism is RelayMechanism.STREAMLOCAL:
+            return self.ssh.open_unix_socket(self.guest_socket)
+        return self.ssh.open_stdio(self.dial_stdio_argv)
+
+    def _accept_loop(self) -> None:
+        listener = self._listener
+        assert listener is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(listener, selectors.EVENT_READ)
+            sel.register(self._wake_r, selectors.EVENT_READ)
+            while True:
+                ready = {key.fd for key, _ in sel.select()}
+                if self._wake_r in ready:
+                    return
+                try:
+                    client, _ = listener.accept()
+                except OSError as exc:
+                    if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                        # Out of descriptors: the pending client stays queued; wait for a
+                        # connection to end rather than spinning on accept.
+                        log.warning("engine socket: cannot accept: %s", exc)
+                        with self._idle:
+                            self._idle.wait(0.5)
+                    continue
+                self._serve(client)
+
+    def _serve(self, client: socket.socket) -> None:
+        with self._lock:
+            if len(self._connections) >= self.max_connections:
+                full = True
+            else:
+                full = False
+                self._counter += 1
+                conn = _Connection(self, client, self._counter)
+                self._connections.add(conn)
+        if full:
+            log.warning(
+                "engine socket: %d connections already open; refusing one more",
+                self.max_connections,
+            )
+            client.close()
+            return
+        threading.Thread(
+            target=conn.run_up, name=f"berth-relay-up-{conn.number}", daemon=True
+        ).start()
+
+    def _forget(self, conn: _Connection) -> None:
+        with self._idle:
+            self._connections.discard(conn)
+            self._idle.notify_all()
