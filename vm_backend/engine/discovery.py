@@ -1,0 +1,253 @@
+"""Find container engines the way a docker user expects, and say what each one is.
+
+Order: ``DOCKER_HOST``; the current docker context; rootful then rootless Docker; rootful
+then rootless Podman; Berth's own VM socket; endpoints added by hand. Each endpoint is
+probed (``/version``) in parallel with a short timeout and reports what it is, or why it
+is unusable and what to do about it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import stat
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from vm_backend.engine.models import Endpoint, EndpointSource, EndpointStatus, EngineKind
+from vm_backend.paths import berth_home, docker_config_dir
+
+PROBE_TIMEOUT = 3.0
+
+
+def _runtime_dir() -> Path:
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        return Path(xdg)
+    return Path(f"/run/user/{os.getuid()}") if hasattr(os, "getuid") else Path.home()
+
+
+def context_endpoint() -> tuple[str, str] | None:
+    """The current docker context's (name, host), unless it is the built-in default."""
+    name = os.environ.get("DOCKER_CONTEXT", "")
+    cfg_dir = docker_config_dir()
+    if not name:
+        try:
+            cfg = json.loads((cfg_dir / "config.json").read_text(encoding="utf-8"))
+            name = str(cfg.get("currentContext") or "")
+        except (OSError, ValueError, AttributeError):
+            return None
+    if not name or name == "default":
+        return None
+    digest = hashlib.sha256(name.encode()).hexdigest()
+    meta_path = cfg_dir / "contexts" / "meta" / digest / "meta.json"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        host = meta["Endpoints"]["docker"]["Host"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (name, str(host)) if host else None
+
+
+def berth_vm_sockets() -> list[Path]:
+    """Engine sockets of Berth's helper VMs (``<home>/machines/<name>/run/docker.sock``)."""
+    base = berth_home() / "machines"
+    try:
+        return sorted(p for p in base.glob("*/run/docker.sock"))
+    except OSError:
+        return []
+
+
+def candidates(extra: Sequence[str] = ()) -> list[tuple[str, str, EndpointSource]]:
+    """(name, url, source) in the order a docker user expects, without duplicates."""
+    out: list[tuple[str, str, EndpointSource]] = []
+    host = os.environ.get("DOCKER_HOST", "")
+    if host:
+        out.append(("DOCKER_HOST", host, EndpointSource.DOCKER_HOST))
+    ctx = context_endpoint()
+    if ctx:
+        out.append((f"context {ctx[0]}", ctx[1], EndpointSource.CONTEXT))
+    run = _runtime_dir()
+    out += [
+        ("docker", "unix:///var/run/docker.sock", EndpointSource.DOCKER_ROOTFUL),
+        ("docker (rootless)", f"unix://{run}/docker.sock", EndpointSource.DOCKER_ROOTLESS),
+        ("podman", "unix:///run/podman/podman.sock", EndpointSource.PODMAN_ROOTFUL),
+        (
+            "podman (rootless)",
+            f"unix://{run}/podman/podman.sock",
+            EndpointSource.PODMAN_ROOTLESS,
+        ),
+    ]
+    for sock in berth_vm_sockets():
+        out.append((f"berth VM {sock.parent.parent.name}", f"unix://{sock}", EndpointSource.BERTH_VM))
+    for url in extra:
+        out.append((url, url, EndpointSource.MANUAL))
+    seen: set[str] = set()
+    unique = []
+    for name, url, source in out:
+        key = normalise_url(url)
+        if key not in seen:
+            seen.add(key)
+            unique.append((name, key, source))
+    return unique
+
+
+def normalise_url(url: str) -> str:
+    url = url.strip()
+    if url.startswith("/"):
+        return f"unix://{url}"
+    if url.startswith("unix:///var/run/") or url == "unix:///run/docker.sock":
+        # /var/run is a symlink to /run on modern systems; keep the spelling users know.
+        return url
+    return url
+
+
+def _socket_problem(path: str) -> tuple[EndpointStatus, str, str] | None:
+    """Classify a unix socket path without talking to it (fast path for missing ones)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return EndpointStatus.MISSING, f"{path} does not exist", "The engine is not installed or not started."
+    except PermissionError:
+        return (
+            EndpointStatus.PERMISSION_DENIED,
+            f"cannot reach {path}: permission denied",
+            "A parent directory is not readable by you.",
+        )
+    if not stat.S_ISSOCK(st.st_mode):
+        return EndpointStatus.UNSUPPORTED, f"{path} is not a socket", "Check the endpoint's path."
+    return None
+
+
+def _permission_hint(url: str) -> str:
+    if "docker" in url:
+        return (
+            "Add yourself to the docker group (sudo usermod -aG docker $USER), then log out "
+            "and back in — note that this group is equivalent to root."
+        )
+    if "podman" in url:
+        return "Use the rootless Podman socket (systemctl --user enable --now podman.socket)."
+    return "Ask the socket's owner for access, or use an engine of your own."
+
+
+def _start_hint(source: EndpointSource) -> str:
+    return {
+        EndpointSource.DOCKER_ROOTFUL: "Start it: sudo systemctl start docker.",
+        EndpointSource.DOCKER_ROOTLESS: "Start it: systemctl --user start docker.",
+        EndpointSource.PODMAN_ROOTFUL: "Start it: sudo systemctl start podman.socket.",
+        EndpointSource.PODMAN_ROOTLESS: "Start it: systemctl --user start podman.socket.",
+        EndpointSource.BERTH_VM: "Start the VM: berth machine start.",
+    }.get(source, "Start the engine, or check the address.")
+
+
+def kind_from_version(version: dict[str, Any]) -> EngineKind:
+    for component in version.get("Components") or []:
+        if "podman" in str(component.get("Name", "")).lower():
+            return EngineKind.PODMAN
+    platform = str((version.get("Platform") or {}).get("Name", "")).lower()
+    if "podman" in platform:
+        return EngineKind.PODMAN
+    return EngineKind.DOCKER if version.get("ApiVersion") else EngineKind.UNKNOWN
+
+
+def probe(name: str, url: str, source: EndpointSource, timeout: float = PROBE_TIMEOUT) -> Endpoint:
+    """Ask one endpoint for its version; never raises."""
+    base = Endpoint(name=name, url=url, source=source, status=EndpointStatus.OK)
+    if url.startswith("unix://"):
+        problem = _socket_problem(url.removeprefix("unix://"))
+        if problem is not None:
+            status, reason, hint = problem
+            if status is EndpointStatus.MISSING:
+                hint = _start_hint(source) if source is not EndpointSource.MANUAL else hint
+            return replace(base, status=status, reason=reason, hint=hint)
+    client = None
+    try:
+        client = docker.DockerClient(base_url=url, timeout=timeout, version="auto")
+        version = client.version()
+    except docker.errors.DockerException as err:
+        return replace(base, **_classify(err, url, source))
+    except (requests.exceptions.RequestException, OSError) as err:
+        return replace(base, **_classify(err, url, source))
+    finally:
+        if client is not None:
+            client.close()
+    return replace(
+        base,
+        kind=kind_from_version(version),
+        version=str(version.get("Version", "")),
+        api_version=str(version.get("ApiVersion", "")),
+        os=str(version.get("Os", "")),
+        arch=str(version.get("Arch", "")),
+    )
+
+
+def _classify(err: BaseException, url: str, source: EndpointSource) -> dict[str, Any]:
+    text = str(err)
+    chain: list[BaseException] = []
+    cur: BaseException | None = err
+    while cur is not None and len(chain) < 10:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    if any(isinstance(e, PermissionError) for e in chain) or "Permission denied" in text:
+        return {
+            "status": EndpointStatus.PERMISSION_DENIED,
+            "reason": "permission denied",
+            "hint": _permission_hint(url),
+        }
+    if any(isinstance(e, FileNotFoundError) for e in chain) or "No such file" in text:
+        return {
+            "status": EndpointStatus.MISSING,
+            "reason": "the socket went away",
+            "hint": _start_hint(source),
+        }
+    if any(isinstance(e, ConnectionRefusedError) for e in chain) or "refused" in text.lower():
+        return {
+            "status": EndpointStatus.NOT_ANSWERING,
+            "reason": "connection refused: the socket exists but no engine listens",
+            "hint": _start_hint(source),
+        }
+    if any(isinstance(e, TimeoutError | socket.timeout) for e in chain) or "timed out" in text:
+        return {
+            "status": EndpointStatus.NOT_ANSWERING,
+            "reason": f"no answer within {PROBE_TIMEOUT:g} s",
+            "hint": "The engine may be starting or hung; retry, or restart it.",
+        }
+    if "URLSchemeUnknown" in type(err).__name__ or "scheme" in text.lower():
+        return {
+            "status": EndpointStatus.UNSUPPORTED,
+            "reason": f"unsupported address: {text}",
+            "hint": "Use unix:///path, ssh://user@host or tcp://host:port.",
+        }
+    return {
+        "status": EndpointStatus.NOT_ANSWERING,
+        "reason": text.splitlines()[0][:300] if text else type(err).__name__,
+        "hint": _start_hint(source),
+    }
+
+
+def discover(extra: Sequence[str] = (), timeout: float = PROBE_TIMEOUT) -> list[Endpoint]:
+    """Every candidate endpoint, probed in parallel, in discovery order."""
+    cands = candidates(extra)
+    with ThreadPoolExecutor(max_workers=max(1, len(cands))) as pool:
+        futures = [pool.submit(probe, n, u, s, timeout) for n, u, s in cands]
+        return [f.result() for f in futures]
+
+
+def choose(endpoints: Iterable[Endpoint], preferred: str = "") -> Endpoint | None:
+    """The endpoint to use: the preferred one when usable, else the first usable."""
+    eps = list(endpoints)
+    if preferred:
+        want = normalise_url(preferred)
+        for ep in eps:
+            if (ep.url == want or ep.name == preferred) and ep.usable:
+                return ep
+    return next((ep for ep in eps if ep.usable), None)
