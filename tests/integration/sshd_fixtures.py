@@ -26,7 +26,7 @@ from vm_backend.machine.ports import is_port_listening, pick_free_port
 SSHD = "/usr/sbin/sshd"
 DOCKER_SOCK = "/var/run/docker.sock"
 
-__all__ = ["SSHD", "DOCKER_SOCK", "SshdServer", "start_sshd", "sshd_server", "need_sshd"]
+__all__ = ["DOCKER_SOCK", "SSHD", "SshdServer", "need_sshd", "sshd_server", "start_sshd"]
 
 
 @dataclass

@@ -156,8 +156,11 @@ class _Connection:
         """Thread 1: open the channel, start the downstream pump, then client -> channel."""
         try:
             chan = self.relay._open_channel()
-        except BerthError as exc:
-            log.warning("engine socket: %s", exc)
+        except Exception as exc:  # any failure must still release this connection
+            if isinstance(exc, BerthError):
+                log.warning("engine socket: %s", exc)
+            else:
+                log.exception("engine socket: unexpected error opening a channel")
             # Closing without a reply is what a dead engine socket looks like to a client:
             # docker-py/CLI report "connection reset/EOF", and the daemon logs the reason.
             self._halves_done = 1
