@@ -55,7 +55,8 @@ class Settings:
             if key in known:
                 default = getattr(defaults, key)
                 if isinstance(value, type(default)) and not (
-                    isinstance(default, int) and isinstance(value, bool) != isinstance(default, bool)
+                    isinstance(default, int)
+                    and isinstance(value, bool) != isinstance(default, bool)
                 ):
                     values[key] = value
             else:

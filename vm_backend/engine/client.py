@@ -19,6 +19,8 @@ from typing import IO, Any
 
 import docker
 import docker.errors
+import docker.types
+from docker.utils import convert_filters
 
 from vm_backend.engine import convert
 from vm_backend.engine.discovery import kind_from_version
@@ -65,13 +67,34 @@ class EngineClient:
     def close(self) -> None:
         self.api.close()
 
+    @property
+    def _untyped(self) -> Any:
+        """docker-py methods its type stubs leave untyped."""
+        return self.api
+
+    def _stream_request(
+        self,
+        method: str,
+        path: str,
+        *args: str,
+        params: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """A streaming request through docker-py's session (its helpers are untyped)."""
+        api: Any = self.api
+        url = api._url(path, *args)
+        send = api._get if method == "GET" else api._post
+        response = send(url, params=dict(params or {}), stream=True, timeout=None, **kwargs)
+        api._raise_for_status(response)
+        return response
+
     # ---- engine ------------------------------------------------------------------------
     def ping(self) -> bool:
         with engine_call("Pinging the engine"):
             return bool(self.api.ping())
 
     def version(self) -> dict[str, Any]:
-        return call("Reading the engine version", self.api.version)  # type: ignore[no-any-return]
+        return call("Reading the engine version", self.api.version)
 
     @property
     def kind(self) -> EngineKind:
@@ -90,7 +113,9 @@ class EngineClient:
         return convert.disk_usage_from_api(call("Reading disk usage", self.api.df))
 
     # ---- containers --------------------------------------------------------------------
-    def containers(self, all: bool = True, filters: Mapping[str, Any] | None = None) -> list[Container]:  # noqa: A002
+    def containers(
+        self, all: bool = True, filters: Mapping[str, Any] | None = None
+    ) -> list[Container]:
         raw = call(
             "Listing containers", lambda: self.api.containers(all=all, filters=dict(filters or {}))
         )
@@ -107,7 +132,7 @@ class EngineClient:
         return found[0]
 
     def inspect_container(self, ident: str) -> dict[str, Any]:
-        return call(f"Inspecting container {ident}", lambda: self.api.inspect_container(ident))  # type: ignore[no-any-return]
+        return call(f"Inspecting container {ident}", lambda: self.api.inspect_container(ident))
 
     def create(self, req: RunRequest) -> str:
         kwargs = req.create_kwargs()
@@ -161,7 +186,10 @@ class EngineClient:
         call(f"Renaming {ident} to {new_name}", lambda: self.api.rename(ident, new_name))
 
     def wait(self, ident: str, timeout: float | None = None) -> int:
-        result = call(f"Waiting for {ident}", lambda: self.api.wait(ident, timeout=timeout))
+        result = call(
+            f"Waiting for {ident}",
+            lambda: self.api.wait(ident, timeout=None if timeout is None else int(timeout)),
+        )
         return int(result.get("StatusCode", -1))
 
     def top(self, ident: str, ps_args: str | None = None) -> TopResult:
@@ -204,17 +232,17 @@ class EngineClient:
         if until:
             params["until"] = f"{until:.9f}"
         with engine_call(f"Reading logs of {ident}"):
-            url = self.api._url("/containers/{0}/logs", info["Id"])
-            response = self.api._get(url, params=params, stream=True, timeout=None)
-            self.api._raise_for_status(response)
+            response = self._stream_request(
+                "GET", "/containers/{0}/logs", info["Id"], params=params
+            )
         return Stream(response, lambda: iter_log_entries(iter_frames(response, tty), timestamps))
 
     def stats(self, ident: str) -> Stream[StatsSample]:
         cid = ident
         with engine_call(f"Reading stats of {ident}"):
-            url = self.api._url("/containers/{0}/stats", cid)
-            response = self.api._get(url, params={"stream": 1}, stream=True, timeout=None)
-            self.api._raise_for_status(response)
+            response = self._stream_request(
+                "GET", "/containers/{0}/stats", cid, params={"stream": 1}
+            )
 
         def items() -> Iterator[StatsSample]:
             for raw in iter_json_lines(response):
@@ -251,8 +279,8 @@ class EngineClient:
             )
             exec_id = created["Id"]
             wrapper = self.api.exec_start(exec_id, tty=True, socket=True)
-        sock = getattr(wrapper, "_sock", wrapper)
-        api = self.api
+        sock: Any = getattr(wrapper, "_sock", wrapper)
+        api: Any = self.api
         session = ExecSession(
             sock,
             exec_id,
@@ -303,22 +331,20 @@ class EngineClient:
         return entries
 
     # ---- images --------------------------------------------------------------------------
-    def images(self, all: bool = False) -> list[Image]:  # noqa: A002
+    def images(self, all: bool = False) -> list[Image]:
         with engine_call("Listing images"):
             raw = self.api.images(all=all)
             in_use = Counter(c.get("ImageID", "") for c in self.api.containers(all=True))
         return [convert.image_from_list(i, in_use) for i in raw]
 
     def inspect_image(self, ident: str) -> dict[str, Any]:
-        return call(f"Inspecting image {ident}", lambda: self.api.inspect_image(ident))  # type: ignore[no-any-return]
+        return call(f"Inspecting image {ident}", lambda: self._untyped.inspect_image(ident))
 
     def pull(self, reference: str) -> Stream[PullProgress]:
         ref = parse_image_ref(reference)
         with engine_call(f"Pulling {ref}"):
             params = {"fromImage": ref.repository, "tag": ref.digest or ref.tag}
-            url = self.api._url("/images/create")
-            response = self.api._post(url, params=params, stream=True, timeout=None)
-            self.api._raise_for_status(response)
+            response = self._stream_request("POST", "/images/create", params=params)
         return Stream(response, lambda: (_progress(r) for r in iter_json_lines(response)))
 
     def remove_image(self, ident: str, force: bool = False) -> None:
@@ -334,7 +360,7 @@ class EngineClient:
             raise EngineError(f"The engine did not tag {ident}.", "")
 
     def history(self, ident: str) -> list[HistoryEntry]:
-        raw = call(f"Reading history of {ident}", lambda: self.api.history(ident))
+        raw = call(f"Reading history of {ident}", lambda: self._untyped.history(ident))
         return [
             HistoryEntry(
                 id=str(h.get("Id") or ""),
@@ -349,14 +375,17 @@ class EngineClient:
 
     def prune_images(self, dangling_only: bool = True) -> PruneResult:
         filters = {"dangling": "true" if dangling_only else "false"}
-        raw = call("Pruning images", lambda: self.api.prune_images(filters=filters))
+        raw = call("Pruning images", lambda: self._untyped.prune_images(filters=filters))
         deleted = tuple(
             str(d.get("Deleted") or d.get("Untagged") or "") for d in raw.get("ImagesDeleted") or []
         )
         return PruneResult(deleted, int(raw.get("SpaceReclaimed") or 0))
 
     def export_image(
-        self, ident: str, dest: Path, cancelled: Callable[[], bool] = lambda: False,
+        self,
+        ident: str,
+        dest: Path,
+        cancelled: Callable[[], bool] = lambda: False,
         progress: Callable[[int], None] | None = None,
     ) -> int:
         """``docker save`` to ``dest`` atomically (a partial file never stays behind)."""
@@ -381,7 +410,7 @@ class EngineClient:
     def load_image(self, source: Path) -> list[str]:
         """``docker load`` from a tar file; returns the loaded image names/ids."""
         with engine_call(f"Loading images from {source.name}"), open(source, "rb") as fh:
-            out = self.api.load_image(fh)
+            out = self._untyped.load_image(fh)
         loaded = []
         for line in out or []:
             text = str(line.get("stream") or "")
@@ -413,22 +442,21 @@ class EngineClient:
     ) -> Stream[dict[str, Any]]:
         """Build from a folder; yields the engine's raw progress objects (stream/aux/error)."""
         if not (context / dockerfile).is_file():
-            raise EngineError(f"No {dockerfile} in {context}.", "Pick the folder with the Dockerfile.")
+            raise EngineError(
+                f"No {dockerfile} in {context}.", "Pick the folder with the Dockerfile."
+            )
         if tag:
             parse_image_ref(tag)
         with engine_call(f"Building {context}"):
             archive = _tar_context(context)
             params = {"t": tag or None, "dockerfile": dockerfile, "rm": 1, "forcerm": 1}
-            url = self.api._url("/build")
-            response = self.api._post(
-                url,
-                data=archive,
+            response = self._stream_request(
+                "POST",
+                "/build",
                 params={k: v for k, v in params.items() if v is not None},
+                data=archive,
                 headers={"Content-Type": "application/x-tar"},
-                stream=True,
-                timeout=None,
             )
-            self.api._raise_for_status(response)
         return Stream(response, lambda: iter_json_lines(response))
 
     # ---- volumes -------------------------------------------------------------------------
@@ -446,14 +474,16 @@ class EngineClient:
         raw = call(
             f"Creating volume {name}",
             lambda: self.api.create_volume(
-                name=name or None, driver=driver, driver_opts=dict(options or {}) or None,
+                name=name or None,
+                driver=driver,
+                driver_opts=dict(options or {}) or None,
                 labels=dict(labels or {}) or None,
             ),
         )
         return convert.volume_from_api(raw)
 
     def inspect_volume(self, name: str) -> dict[str, Any]:
-        return call(f"Inspecting volume {name}", lambda: self.api.inspect_volume(name))  # type: ignore[no-any-return]
+        return call(f"Inspecting volume {name}", lambda: self.api.inspect_volume(name))
 
     def remove_volume(self, name: str, force: bool = False) -> None:
         call(f"Removing volume {name}", lambda: self.api.remove_volume(name, force=force))
@@ -481,7 +511,7 @@ class EngineClient:
         return out
 
     def inspect_network(self, ident: str) -> dict[str, Any]:
-        return call(f"Inspecting network {ident}", lambda: self.api.inspect_network(ident))  # type: ignore[no-any-return]
+        return call(f"Inspecting network {ident}", lambda: self.api.inspect_network(ident))
 
     def create_network(
         self,
@@ -499,7 +529,11 @@ class EngineClient:
         raw = call(
             f"Creating network {name}",
             lambda: self.api.create_network(
-                name, driver=driver, ipam=ipam, internal=internal, labels=dict(labels or {}) or None,
+                name,
+                driver=driver,
+                ipam=ipam,
+                internal=internal,
+                labels=dict(labels or {}) or None,
                 check_duplicate=True,
             ),
         )
@@ -540,12 +574,12 @@ class EngineClient:
         if since is not None:
             params["since"] = f"{since:.9f}"
         if filters:
-            params["filters"] = docker.utils.convert_filters(dict(filters))
+            params["filters"] = convert_filters(dict(filters))
         with engine_call("Subscribing to engine events"):
-            url = self.api._url("/events")
-            response = self.api._get(url, params=params, stream=True, timeout=None)
-            self.api._raise_for_status(response)
-        return Stream(response, lambda: (convert.event_from_api(e) for e in iter_json_lines(response)))
+            response = self._stream_request("GET", "/events", params=params)
+        return Stream(
+            response, lambda: (convert.event_from_api(e) for e in iter_json_lines(response))
+        )
 
 
 def _progress(raw: Mapping[str, Any]) -> PullProgress:

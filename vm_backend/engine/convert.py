@@ -85,8 +85,11 @@ def container_from_list(raw: Mapping[str, Any]) -> Container:
             )
         )
     # Docker lists a port once per host address family; show each binding once.
-    unique = tuple(dict.fromkeys(sorted(ports, key=lambda b: (b.container_port, b.protocol,
-                                                              b.host_port or 0, b.host_ip))))
+    unique = tuple(
+        dict.fromkeys(
+            sorted(ports, key=lambda b: (b.container_port, b.protocol, b.host_port or 0, b.host_ip))
+        )
+    )
     networks = tuple(sorted(((raw.get("NetworkSettings") or {}).get("Networks") or {}).keys()))
     status = str(raw.get("Status") or "")
     command = raw.get("Command")
@@ -148,7 +151,9 @@ def volume_from_api(raw: Mapping[str, Any], sizes: Mapping[str, int] | None = No
 def network_from_api(raw: Mapping[str, Any]) -> Network:
     ipam = raw.get("IPAM") or {}
     configs = ipam.get("Config") or [] if isinstance(ipam, Mapping) else []
-    subnets = tuple(str(c.get("Subnet")) for c in configs if isinstance(c, Mapping) and c.get("Subnet"))
+    subnets = tuple(
+        str(c.get("Subnet")) for c in configs if isinstance(c, Mapping) and c.get("Subnet")
+    )
     gateways = tuple(
         str(c.get("Gateway")) for c in configs if isinstance(c, Mapping) and c.get("Gateway")
     )
@@ -179,7 +184,9 @@ def network_from_api(raw: Mapping[str, Any]) -> Network:
     )
 
 
-def info_from_api(info: Mapping[str, Any], version: Mapping[str, Any], kind: EngineKind) -> EngineInfo:
+def info_from_api(
+    info: Mapping[str, Any], version: Mapping[str, Any], kind: EngineKind
+) -> EngineInfo:
     return EngineInfo(
         kind=kind,
         name=str(info.get("Name") or ""),
@@ -214,13 +221,17 @@ def disk_usage_from_api(raw: Mapping[str, Any]) -> DiskUsage:
         total = _int(raw.get("LayersSize")) or sum(_int(i.get("Size")) for i in images)
         active_imgs = [i for i in images if _int(i.get("Containers")) > 0]
         active_size = sum(_int(i.get("Size")) - _int(i.get("SharedSize"), 0) for i in active_imgs)
-        return DiskUsageItem("images", len(images), len(active_imgs), total,
-                             max(0, total - max(0, active_size)))
+        return DiskUsageItem(
+            "images", len(images), len(active_imgs), total, max(0, total - max(0, active_size))
+        )
 
     running = [c for c in containers if str(c.get("State")) == "running"]
     ctr_size = sum(_int(c.get("SizeRw")) for c in containers)
     ctr_item = DiskUsageItem(
-        "containers", len(containers), len(running), ctr_size,
+        "containers",
+        len(containers),
+        len(running),
+        ctr_size,
         sum(_int(c.get("SizeRw")) for c in containers if str(c.get("State")) != "running"),
     )
     sizes: dict[str, int] = {}
@@ -239,7 +250,10 @@ def disk_usage_from_api(raw: Mapping[str, Any]) -> DiskUsage:
     vol_item = DiskUsageItem("volumes", len(volumes), vol_active, vol_total, vol_reclaim)
     cache_size = sum(_int(c.get("Size")) for c in cache)
     cache_item = DiskUsageItem(
-        "build cache", len(cache), sum(1 for c in cache if c.get("InUse")), cache_size,
+        "build cache",
+        len(cache),
+        sum(1 for c in cache if c.get("InUse")),
+        cache_size,
         sum(_int(c.get("Size")) for c in cache if not c.get("InUse") and not c.get("Shared")),
     )
     return DiskUsage(_img_item(), ctr_item, vol_item, cache_item, sizes)

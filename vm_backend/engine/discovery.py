@@ -88,7 +88,9 @@ def candidates(extra: Sequence[str] = ()) -> list[tuple[str, str, EndpointSource
         ),
     ]
     for sock in berth_vm_sockets():
-        out.append((f"berth VM {sock.parent.parent.name}", f"unix://{sock}", EndpointSource.BERTH_VM))
+        out.append(
+            (f"berth VM {sock.parent.parent.name}", f"unix://{sock}", EndpointSource.BERTH_VM)
+        )
     for url in extra:
         out.append((url, url, EndpointSource.MANUAL))
     seen: set[str] = set()
@@ -116,7 +118,11 @@ def _socket_problem(path: str) -> tuple[EndpointStatus, str, str] | None:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        return EndpointStatus.MISSING, f"{path} does not exist", "The engine is not installed or not started."
+        return (
+            EndpointStatus.MISSING,
+            f"{path} does not exist",
+            "The engine is not installed or not started.",
+        )
     except PermissionError:
         return (
             EndpointStatus.PERMISSION_DENIED,
@@ -171,7 +177,7 @@ def probe(name: str, url: str, source: EndpointSource, timeout: float = PROBE_TI
             return replace(base, status=status, reason=reason, hint=hint)
     client = None
     try:
-        client = docker.DockerClient(base_url=url, timeout=timeout, version="auto")
+        client = docker.DockerClient(base_url=url, timeout=max(1, round(timeout)), version="auto")
         version = client.version()
     except docker.errors.DockerException as err:
         return replace(base, **_classify(err, url, source))

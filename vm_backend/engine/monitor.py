@@ -35,12 +35,44 @@ KINDS = ("container", "image", "volume", "network")
 # Event types whose actions change the listed state of that kind.
 _STATE_ACTIONS = {
     "container": {
-        "create", "start", "restart", "die", "stop", "kill", "pause", "unpause", "destroy",
-        "rename", "update", "health_status", "oom", "remove", "cleanup", "init", "exited",
-        "died", "mount", "unmount", "attach", "commit", "checkpoint", "sync",
+        "create",
+        "start",
+        "restart",
+        "die",
+        "stop",
+        "kill",
+        "pause",
+        "unpause",
+        "destroy",
+        "rename",
+        "update",
+        "health_status",
+        "oom",
+        "remove",
+        "cleanup",
+        "init",
+        "exited",
+        "died",
+        "mount",
+        "unmount",
+        "attach",
+        "commit",
+        "checkpoint",
+        "sync",
     },
-    "image": {"pull", "push", "tag", "untag", "delete", "import", "load", "save", "remove",
-              "build", "prune"},
+    "image": {
+        "pull",
+        "push",
+        "tag",
+        "untag",
+        "delete",
+        "import",
+        "load",
+        "save",
+        "remove",
+        "build",
+        "prune",
+    },
     "volume": {"create", "destroy", "remove", "mount", "unmount", "prune"},
     "network": {"create", "destroy", "remove", "connect", "disconnect", "prune"},
 }
@@ -79,7 +111,9 @@ class _Table(Generic[T]):
         self.items = new
         return added, changed, removed
 
-    def replace_some(self, keys: set[str], fresh: Iterable[T]) -> tuple[list[T], list[T], list[str]]:
+    def replace_some(
+        self, keys: set[str], fresh: Iterable[T]
+    ) -> tuple[list[T], list[T], list[str]]:
         new = {self.key(i): i for i in fresh}
         added = [v for k, v in new.items() if k not in self.items]
         changed = [v for k, v in new.items() if k in self.items and self.items[k] != v]
@@ -179,7 +213,7 @@ class EngineMonitor:
             try:
                 for event in self._stream:
                     self._on_event(event)
-            except Exception as err:  # noqa: BLE001 - any transport error means: reconnect
+            except Exception as err:
                 log.debug("event stream ended: %s", err)
             if self._stop.is_set():
                 return
@@ -202,7 +236,7 @@ class EngineMonitor:
                 self._cond.notify_all()
         try:
             self.listener.on_event(event)
-        except Exception:  # noqa: BLE001 - a listener bug must not kill the reader
+        except Exception:
             log.exception("event listener failed")
 
     def _set_connected(self, connected: bool, reason: str) -> None:
@@ -212,7 +246,7 @@ class EngineMonitor:
         self._reason = reason
         try:
             self.listener.on_connection(connected, reason)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("connection listener failed")
 
     # ---- worker ---------------------------------------------------------------------------
@@ -220,9 +254,10 @@ class EngineMonitor:
         next_reconcile = time.monotonic() + self.reconcile_interval
         while not self._stop.is_set():
             with self._cond:
-                while not (
-                    self._full_pending or self._dirty_kinds or self._dirty_containers
-                ) and not self._stop.is_set():
+                while (
+                    not (self._full_pending or self._dirty_kinds or self._dirty_containers)
+                    and not self._stop.is_set()
+                ):
                     remaining = next_reconcile - time.monotonic()
                     if remaining <= 0:
                         self._full_pending = True
@@ -256,12 +291,13 @@ class EngineMonitor:
                 next_reconcile = time.monotonic() + self.reconcile_interval
 
     def _lister(self, kind: str) -> Callable[[], list[Any]]:
-        return {
+        listers: dict[str, Callable[[], list[Any]]] = {
             "container": lambda: self.client.containers(all=True),
             "image": self.client.images,
             "volume": self.client.volumes,
             "network": self.client.networks,
-        }[kind]
+        }
+        return listers[kind]
 
     def _refresh_kind(self, kind: str, full: bool) -> None:
         fresh = self._lister(kind)()
@@ -295,5 +331,5 @@ class EngineMonitor:
             return
         try:
             self.listener.on_diff(diff)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("diff listener failed")

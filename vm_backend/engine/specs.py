@@ -71,7 +71,7 @@ def parse_image_ref(text: str) -> ImageRef:
     if match is None:
         raise InputError(
             f"{ref!r} is not a valid image reference.",
-            "Use [registry/]name[:tag][@sha256:digest], lowercase, e.g. docker.io/library/nginx:1.27.",
+            "Use [registry/]name[:tag][@digest], lowercase, e.g. docker.io/library/nginx:1.27.",
         )
     domain = match.group("domain") or ""
     path = match.group("path")

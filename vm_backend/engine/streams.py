@@ -75,7 +75,7 @@ class Stream(Generic[T]):
                 pass
         try:
             self._response.close()
-        except Exception:  # noqa: BLE001 - closing must never raise into the caller
+        except Exception:
             pass
 
     def __enter__(self) -> Stream[T]:
@@ -137,9 +137,7 @@ def _read_exact(raw: Any, n: int) -> bytes | None:
     return b"".join(parts)
 
 
-def iter_log_entries(
-    frames: Iterator[tuple[int, bytes]], timestamps: bool
-) -> Iterator[LogEntry]:
+def iter_log_entries(frames: Iterator[tuple[int, bytes]], timestamps: bool) -> Iterator[LogEntry]:
     """Split framed output into lines, per stream, keeping partial lines until complete."""
     pending: dict[int, bytes] = {}
     for stream_id, data in frames:
