@@ -46,7 +46,9 @@ def translate(err: BaseException, doing: str) -> EngineError:
     if isinstance(err, EngineError):
         return err
     if isinstance(err, docker.errors.NotFound):
-        return NotFound(f"{doing}: {_explanation(err)}", "It may have been removed meanwhile.", 404)
+        return NotFound(
+            f"{doing}: {_explanation(err)}", "Check the name or id; it may have been removed.", 404
+        )
     if isinstance(err, docker.errors.APIError):
         status = err.status_code
         text = _explanation(err)
