@@ -1,0 +1,255 @@
+"""QMP: the QEMU control channel, through ``qemu.qmp``'s asyncio ``QMPClient``.
+
+:class:`QmpMonitor` is the async API (for berthd's loop); :class:`SyncQmp` is a thin
+blocking wrapper running it on an :class:`EventLoopThread`. Events of interest are
+delivered to callbacks as frozen :class:`QmpEvent` values, *on the loop thread*: callbacks
+must be quick and thread-safe. A dropped connection that we did not ask for (QEMU died,
+was killed) is reported through ``on_disconnect`` — one of the two crash signals, the
+other being the process exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError, Runstate
+
+from vm_backend.errors import BerthError
+from vm_backend.machine.loopthread import EventLoopThread
+
+log = logging.getLogger(__name__)
+
+WATCHED_EVENTS = ("SHUTDOWN", "POWERDOWN", "RESET", "STOP", "RESUME", "BLOCK_IO_ERROR")
+DEFAULT_COMMAND_TIMEOUT = 10.0
+
+
+class QmpError(BerthError):
+    """QMP could not connect, a command failed, or the connection dropped."""
+
+
+@dataclass(frozen=True)
+class QmpEvent:
+    """One QMP event: its name, its data and QEMU's timestamp (seconds since the epoch)."""
+
+    name: str
+    data: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    timestamp: float = 0.0
+
+
+@dataclass(frozen=True)
+class VmRunStatus:
+    """``query-status``: QEMU's run state (running, paused, shutdown, internal-error, ...)."""
+
+    status: str
+    running: bool
+
+
+EventCallback = Callable[[QmpEvent], None]
+DisconnectCallback = Callable[[], None]
+
+
+def _to_event(message: Mapping[str, Any]) -> QmpEvent:
+    stamp = message.get("timestamp") or {}
+    ts = float(stamp.get("seconds", 0)) + float(stamp.get("microseconds", 0)) / 1e6
+    data = message.get("data") or {}
+    return QmpEvent(str(message.get("event", "")), MappingProxyType(dict(data)), ts)
+
+
+class QmpMonitor:
+    """An async QMP session with event callbacks and loss-of-connection detection."""
+
+    def __init__(self, name: str = "berth") -> None:
+        self._name = name
+        self._client: QMPClient | None = None
+        self._event_callbacks: list[EventCallback] = []
+        self._disconnect_callbacks: list[DisconnectCallback] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self.connected_after: float | None = None
+
+    def on_event(self, callback: EventCallback) -> None:
+        self._event_callbacks.append(callback)
+
+    def on_disconnect(self, callback: DisconnectCallback) -> None:
+        self._disconnect_callbacks.append(callback)
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.runstate is Runstate.RUNNING
+
+    async def connect(
+        self,
+        address: str,
+        timeout: float = 10.0,
+        retry_interval: float = 0.01,
+        alive: Callable[[], bool] | None = None,
+    ) -> None:
+        """Connect, retrying until ``timeout`` while QEMU creates the socket.
+
+        ``alive`` (if given) is checked between attempts, so a QEMU that died during
+        start-up fails the connect at once instead of after the whole timeout.
+        """
+        started = time.monotonic()
+        deadline = started + timeout
+        last_error: BaseException | None = None
+        while True:
+            client = QMPClient(self._name)
+            try:
+                await client.connect(address)
+            except (QMPError, OSError) as exc:
+                last_error = exc
+                with contextlib.suppress(QMPError, OSError):
+                    await client.disconnect()
+            else:
+                self._client = client
+                self.connected_after = time.monotonic() - started
+                break
+            if alive is not None and not alive():
+                raise QmpError("QEMU exited before its control socket was ready.")
+            if time.monotonic() >= deadline:
+                raise QmpError(
+                    f"Could not connect to QEMU's control socket {address} "
+                    f"within {timeout:.0f} s ({last_error}).",
+                    "See qemu.log in the machine's folder.",
+                ) from last_error
+            await asyncio.sleep(retry_interval)
+        listener = EventListener(WATCHED_EVENTS)
+        client.register_listener(listener)
+        self._closing = False
+        self._tasks = [
+            asyncio.create_task(self._pump_events(listener), name="qmp-events"),
+            asyncio.create_task(self._watch_runstate(client), name="qmp-runstate"),
+        ]
+
+    async def _pump_events(self, listener: EventListener) -> None:
+        async for message in listener:
+            event = _to_event(message)
+            for callback in list(self._event_callbacks):
+                try:
+                    callback(event)
+                except Exception:  # a broken subscriber must not stop event delivery
+                    log.exception("QMP event callback failed")
+
+    async def _watch_runstate(self, client: QMPClient) -> None:
+        while True:
+            state = await client.runstate_changed()
+            if state is Runstate.DISCONNECTING or state is Runstate.IDLE:
+                break
+        if not self._closing:
+            for callback in list(self._disconnect_callbacks):
+                try:
+                    callback()
+                except Exception:
+                    log.exception("QMP disconnect callback failed")
+            with contextlib.suppress(QMPError, OSError, EOFError, ConnectionError):
+                await client.disconnect()
+
+    async def execute(
+        self, command: str, arguments: Mapping[str, object] | None = None,
+        timeout: float = DEFAULT_COMMAND_TIMEOUT,
+    ) -> Any:
+        client = self._client
+        if client is None or client.runstate is not Runstate.RUNNING:
+            raise QmpError(f"QMP is not connected (cannot run {command}).", "Is the VM running?")
+        try:
+            return await asyncio.wait_for(client.execute(command, dict(arguments or {})), timeout)
+        except ExecuteError as exc:
+            raise QmpError(f"QEMU refused {command}: {exc.error.error.desc}") from exc
+        except TimeoutError as exc:
+            raise QmpError(f"QEMU did not answer {command} within {timeout:.0f} s.") from exc
+        except (QMPError, OSError, EOFError, ConnectionError) as exc:
+            raise QmpError(f"The QMP connection failed during {command}: {exc}") from exc
+
+    async def query_status(self) -> VmRunStatus:
+        reply = await self.execute("query-status")
+        return VmRunStatus(status=str(reply["status"]), running=bool(reply["running"]))
+
+    async def system_powerdown(self) -> None:
+        await self.execute("system_powerdown")
+
+    async def stop(self) -> None:
+        await self.execute("stop")
+
+    async def cont(self) -> None:
+        await self.execute("cont")
+
+    async def quit(self) -> None:
+        """Ask QEMU to exit now. The connection drop that follows is expected, not a crash."""
+        self._closing = True
+        with contextlib.suppress(QmpError):
+            await self.execute("quit")
+
+    async def human_monitor_command(self, command_line: str) -> str:
+        """Run an HMP command (e.g. ``hostfwd_add``); HMP reports errors as text, returned."""
+        reply = await self.execute("human-monitor-command", {"command-line": command_line})
+        return str(reply)
+
+    async def close(self) -> None:
+        self._closing = True
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(QMPError, OSError, EOFError, ConnectionError):
+                await client.disconnect()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+
+
+class SyncQmp:
+    """Blocking facade over :class:`QmpMonitor`, running on a dedicated event-loop thread."""
+
+    def __init__(self, loop: EventLoopThread, name: str = "berth") -> None:
+        self._loop = loop
+        self.monitor = QmpMonitor(name)
+
+    def on_event(self, callback: EventCallback) -> None:
+        self.monitor.on_event(callback)
+
+    def on_disconnect(self, callback: DisconnectCallback) -> None:
+        self.monitor.on_disconnect(callback)
+
+    @property
+    def connected(self) -> bool:
+        return self.monitor.connected
+
+    def connect(
+        self, address: str, timeout: float = 10.0, alive: Callable[[], bool] | None = None
+    ) -> float:
+        """Connect; returns how long it took (seconds)."""
+        self._loop.run(self.monitor.connect(address, timeout, alive=alive), timeout + 5)
+        return self.monitor.connected_after or 0.0
+
+    def execute(self, command: str, arguments: Mapping[str, object] | None = None) -> Any:
+        return self._loop.run(self.monitor.execute(command, arguments))
+
+    def query_status(self) -> VmRunStatus:
+        return self._loop.run(self.monitor.query_status())
+
+    def system_powerdown(self) -> None:
+        self._loop.run(self.monitor.system_powerdown())
+
+    def stop(self) -> None:
+        self._loop.run(self.monitor.stop())
+
+    def cont(self) -> None:
+        self._loop.run(self.monitor.cont())
+
+    def quit(self) -> None:
+        self._loop.run(self.monitor.quit())
+
+    def human_monitor_command(self, command_line: str) -> str:
+        return self._loop.run(self.monitor.human_monitor_command(command_line))
+
+    def close(self) -> None:
+        if not self._loop.loop.is_closed():
+            self._loop.run(self.monitor.close(), timeout=10)
