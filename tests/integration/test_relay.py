@@ -1,0 +1,387 @@
+"""The engine socket relay and GuestSSH against a real OpenSSH server and the real dockerd.
+
+A local sshd (see sshd_fixtures) stands in for the helper VM's sshd; the "guest"
+docker.sock it forwards to is the host's /var/run/docker.sock. Every relay test runs with
+both channel kinds (direct-streamlocal and docker system dial-stdio).
+
+Run: ``pytest -m engine tests/integration/test_relay.py`` as root with openssh-server,
+dockerd on /var/run/docker.sock and the berth-test/busybox image (.ci/services.sh).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import docker
+import psutil
+import pytest
+from docker.models.containers import Container
+
+from tests.integration.sshd_fixtures import (
+    DOCKER_SOCK,
+    SshdServer,
+    need_sshd,
+    sshd_server,
+    start_sshd,
+)
+from vm_backend.machine.relay import EngineSocketRelay, RelayMechanism
+from vm_backend.machine.ssh import GuestSSH, GuestSSHError, SSHState
+
+__all__ = ["sshd_server"]  # re-exported fixture: pytest finds it through this module
+
+pytestmark = pytest.mark.engine
+
+IMAGE = "berth-test/busybox:latest"
+DOCKER_CLI = "/usr/local/bin/docker"
+LABEL = {"berth-test": "relay"}
+
+
+def _engine_up() -> bool:
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(2)
+            s.connect(DOCKER_SOCK)
+            s.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
+            return s.recv(64).startswith(b"HTTP/1.")
+    except OSError:
+        return False
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _need_engine() -> None:
+    need_sshd()
+    if not _engine_up():
+        pytest.skip(f"no docker engine on {DOCKER_SOCK}")
+
+
+@pytest.fixture(scope="module")
+def guest(sshd_server: SshdServer) -> Iterator[GuestSSH]:
+    ssh = GuestSSH(
+        sshd_server.port,
+        sshd_server.keys.client.private_path,
+        sshd_server.keys.host.public_openssh,
+    )
+    ssh.connect()
+    try:
+        yield ssh
+    finally:
+        ssh.close()
+
+
+@pytest.fixture(scope="module", params=list(RelayMechanism), ids=lambda m: m.value)
+def relay(
+    request: pytest.FixtureRequest, guest: GuestSSH, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EngineSocketRelay]:
+    path = tmp_path_factory.mktemp("relay") / "run" / "docker.sock"
+    r = EngineSocketRelay(guest, path, mechanism=request.param)
+    r.start()
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+@pytest.fixture
+def client(relay: EngineSocketRelay) -> Iterator[docker.DockerClient]:
+    c = docker.DockerClient(base_url=relay.url, timeout=60)
+    try:
+        yield c
+    finally:
+        c.close()
+        for container in docker.DockerClient(base_url=f"unix://{DOCKER_SOCK}").containers.list(
+            all=True, filters={"label": "berth-test=relay"}
+        ):
+            container.remove(force=True)
+
+
+def run_detached(client: docker.DockerClient, *cmd: str, **kw: object) -> Container:
+    return client.containers.run(
+        IMAGE, list(cmd), detach=True, labels=LABEL, name=f"berth-relay-{uuid.uuid4().hex[:8]}",
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def recv_all(sock: socket.socket, timeout: float = 30.0) -> bytes:
+    sock.settimeout(timeout)
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# ------------------------------------------------------------------------- docker-py
+
+
+def test_ping_version_and_list(client: docker.DockerClient) -> None:
+    assert client.ping()
+    assert client.version()["ApiVersion"]
+    assert isinstance(client.containers.list(all=True), list)
+    assert any(IMAGE in img.tags for img in client.images.list())
+
+
+def test_run_and_read_logs(client: docker.DockerClient) -> None:
+    c = run_detached(client, "sh", "-c", "echo out-line; echo err-line >&2")
+    assert c.wait(timeout=30)["StatusCode"] == 0
+    assert c.logs(stdout=True, stderr=False) == b"out-line\n"
+    assert c.logs(stdout=False, stderr=True) == b"err-line\n"
+
+
+def test_exec_with_tty_over_the_raw_socket(client: docker.DockerClient) -> None:
+    c = run_detached(client, "sleep", "60")
+    api = client.api
+    exec_id = api.exec_create(c.id, ["sh"], stdin=True, tty=True)["Id"]
+    sock = api.exec_start(exec_id, socket=True, tty=True)
+    raw: socket.socket = sock._sock
+    raw.sendall(b"echo $((6*7))\nexit\n")
+    out = recv_all(raw)
+    raw.close()
+    assert b"42" in out
+    assert api.exec_inspect(exec_id)["ExitCode"] == 0
+
+
+def test_attach_stdin_half_close_ends_cat(client: docker.DockerClient) -> None:
+    c = client.containers.create(
+        IMAGE, ["cat"], stdin_open=True, labels=LABEL, name=f"berth-relay-{uuid.uuid4().hex[:8]}"
+    )
+    sock = client.api.attach_socket(
+        c.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+    )
+    raw: socket.socket = sock._sock
+    c.start()
+    raw.sendall(b"through the relay\n")
+    # The half-close is the point: cat only ends if our EOF reaches its stdin.
+    raw.shutdown(socket.SHUT_WR)
+    out = recv_all(raw)
+    raw.close()
+    assert b"through the relay\n" in out
+    assert c.wait(timeout=30)["StatusCode"] == 0
+
+
+# ------------------------------------------------------------------------ docker CLI
+
+
+def test_docker_cli_run_interactive_cat(relay: EngineSocketRelay) -> None:
+    payload = b"".join(b"line %d\n" % i for i in range(2000))
+    result = subprocess.run(
+        [DOCKER_CLI, "run", "--rm", "-i", "--label", "berth-test=relay", IMAGE, "cat"],
+        input=payload,
+        capture_output=True,
+        env={**os.environ, "DOCKER_HOST": relay.url},
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == payload
+
+
+def test_docker_cli_through_the_context(relay: EngineSocketRelay, tmp_path: Path) -> None:
+    from vm_backend.machine.context import write_context
+
+    write_context(relay.url, config_dir=tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
+    result = subprocess.run(
+        [DOCKER_CLI, "--context", "berth", "version", "--format", "{{.Server.Version}}"],
+        capture_output=True,
+        text=True,
+        env={**env, "DOCKER_CONFIG": str(tmp_path)},
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+
+
+# ---------------------------------------------------------------- load and resources
+
+
+def _ping_new_connection(path: str) -> bytes:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(path)
+        s.sendall(b"GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n")
+        return recv_all(s)
+
+
+def test_twenty_parallel_clients(relay: EngineSocketRelay) -> None:
+    results: list[bytes] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        try:
+            reply = _ping_new_connection(str(relay.socket_path))
+            with lock:
+                results.append(reply)
+        except BaseException as exc:
+            with lock:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert len(results) == 20
+    assert all(r.startswith(b"HTTP/1.1 200") and r.endswith(b"OK") for r in results)
+    wait_until(lambda: relay.active_connections == 0, what="connections to finish")
+
+
+def _fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_clients_dying_mid_stream_leak_nothing(relay: EngineSocketRelay) -> None:
+    # Set up through the engine directly, so no pooled connection of ours stays on the relay.
+    direct = docker.DockerClient(base_url=f"unix://{DOCKER_SOCK}")
+    try:
+        _dying_clients(direct, relay)
+    finally:
+        for c in direct.containers.list(all=True, filters={"label": "berth-test=relay"}):
+            c.remove(force=True)
+        direct.close()
+
+
+def _dying_clients(direct: docker.DockerClient, relay: EngineSocketRelay) -> None:
+    chatty = run_detached(direct, "sh", "-c", "while true; do echo tick; sleep 0.01; done")
+    quiet = direct.containers.create(
+        IMAGE, ["cat"], stdin_open=True, labels=LABEL, name=f"berth-relay-{uuid.uuid4().hex[:8]}"
+    )
+    quiet.start()
+    _ping_new_connection(str(relay.socket_path))  # warm up lazily created resources
+    wait_until(lambda: relay.active_connections == 0, what="warm-up connection to finish")
+    fds_before, threads_before = _fd_count(), threading.active_count()
+
+    for _ in range(5):
+        # A log follower that vanishes while the engine is still writing to it...
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(str(relay.socket_path))
+        s.sendall(
+            f"GET /containers/{chatty.id}/logs?follow=1&stdout=1 HTTP/1.1\r\n"
+            "Host: docker\r\n\r\n".encode()
+        )
+        assert s.recv(4096)
+        s.close()
+        # ...and one attached to a silent hijacked stream: nothing will ever be written to
+        # it, so only noticing the hang-up itself can free the channel.
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(str(relay.socket_path))
+        s.sendall(
+            f"POST /containers/{quiet.id}/attach?stream=1&stdout=1&stdin=1 HTTP/1.1\r\n"
+            "Host: docker\r\nUpgrade: tcp\r\nConnection: Upgrade\r\n\r\n".encode()
+        )
+        assert b"101" in s.recv(4096).split(b"\r\n", 1)[0]
+        s.close()
+
+    wait_until(lambda: relay.active_connections == 0, timeout=20, what="relay to drop clients")
+    wait_until(lambda: threading.active_count() <= threads_before, what="pump threads to end")
+    wait_until(lambda: _fd_count() <= fds_before, what="descriptors to be closed")
+
+
+# --------------------------------------------------------------------- GuestSSH itself
+
+
+def test_exec_quotes_every_argument(guest: GuestSSH, tmp_path: Path) -> None:
+    marker = tmp_path / "must-not-exist"
+    tricky = ["a b", "$(touch " + str(marker) + ")", "`id`", "'q'", '"d"', ";", "|", "\\", ""]
+    rc, out, err = guest.exec(["printf", "%s\\n", *tricky])
+    assert (rc, err) == (0, b"")
+    assert out.decode().split("\n")[:-1] == tricky
+    assert not marker.exists()
+
+
+def test_exec_status_stderr_and_stdin(guest: GuestSSH) -> None:
+    assert guest.exec(["sh", "-c", "echo oops >&2; exit 7"]) == (7, b"", b"oops\n")
+    big = os.urandom(512 * 1024)
+    rc, out, _ = guest.exec(["cat"], stdin=big)
+    assert rc == 0 and out == big
+    # Without stdin the command sees EOF at once instead of hanging.
+    assert guest.exec(["cat"], timeout=10) == (0, b"", b"")
+
+
+def test_exec_timeout_is_reported(guest: GuestSSH) -> None:
+    with pytest.raises(GuestSSHError, match="did not finish"):
+        guest.exec(["sleep", "5"], timeout=0.5)
+
+
+def test_pty_shell_has_the_size_and_resizes(guest: GuestSSH) -> None:
+    chan = guest.open_pty_shell(cols=91, rows=27)
+    try:
+        chan.settimeout(10)
+        chan.sendall(b"stty size; echo END1\n")
+        buf = b""
+        while b"END1\r\n" not in buf or b"27 91" not in buf:
+            buf += chan.recv(4096)
+        chan.resize_pty(width=120, height=40)
+        chan.sendall(b"stty size; echo END2\n")
+        while b"40 120" not in buf:
+            buf += chan.recv(4096)
+        chan.sendall(b"exit\n")
+        assert chan.recv_exit_status() == 0
+    finally:
+        chan.close()
+
+
+def test_direct_tcpip_reaches_a_guest_port(guest: GuestSSH) -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+
+        def echo_once() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.sendall(conn.recv(100).upper())
+
+        t = threading.Thread(target=echo_once)
+        t.start()
+        chan = guest.direct_tcpip("127.0.0.1", port)
+        chan.sendall(b"published port")
+        chan.settimeout(10)
+        assert chan.recv(100) == b"PUBLISHED PORT"
+        chan.close()
+        t.join(10)
+
+
+def test_missing_guest_socket_is_a_clear_error(guest: GuestSSH) -> None:
+    with pytest.raises(GuestSSHError, match="refused a channel"):
+        guest.open_unix_socket("/nonexistent/docker.sock")
+
+
+def test_reconnects_after_the_transport_drops(tmp_path: Path) -> None:
+    server = start_sshd(tmp_path / "sshd")
+    states: list[SSHState] = []
+    ssh = GuestSSH(
+        server.port,
+        server.keys.client.private_path,
+        server.keys.host.public_openssh,
+        on_state=states.append,
+        backoff_initial_s=0.05,
+    )
+    try:
+        ssh.connect()
+        assert ssh.exec(["true"]).rc == 0
+        # Kill the per-connection sshd processes: the guest side of our transport dies
+        # while the listener stays, like sshd restarting in the VM.
+        for child in psutil.Process(server.proc.pid).children(recursive=True):
+            child.kill()
+        wait_until(lambda: SSHState.RECONNECTING in states, what="the drop to be noticed")
+        ssh.wait_connected(timeout=20)
+        assert ssh.exec(["echo", "back"]).out == b"back\n"
+        assert states[-1] is SSHState.CONNECTED
+    finally:
+        ssh.close()
+        server.stop()
+    assert ssh.state is SSHState.CLOSED
