@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -62,6 +63,12 @@ def _to_event(message: Mapping[str, Any]) -> QmpEvent:
     return QmpEvent(str(message.get("event", "")), MappingProxyType(dict(data)), ts)
 
 
+def _address_ready(address: str) -> bool:
+    if address.startswith("\\\\"):
+        return True  # a Windows named pipe: no file to wait for
+    return os.path.exists(address)
+
+
 class QmpMonitor:
     """An async QMP session with event callbacks and loss-of-connection detection."""
 
@@ -100,6 +107,19 @@ class QmpMonitor:
         deadline = started + timeout
         last_error: BaseException | None = None
         while True:
+            if not _address_ready(address):
+                # Connecting before QEMU has created the socket would only log errors.
+                last_error = FileNotFoundError(address)
+                if alive is not None and not alive():
+                    raise QmpError("QEMU exited before its control socket was ready.")
+                if time.monotonic() >= deadline:
+                    raise QmpError(
+                        f"QEMU did not create its control socket {address} "
+                        f"within {timeout:.0f} s.",
+                        "See qemu.log in the machine's folder.",
+                    )
+                await asyncio.sleep(retry_interval)
+                continue
             client = QMPClient(self._name)
             try:
                 await client.connect(address)

@@ -231,10 +231,20 @@ class Timeline:
                     return None
         return None
 
-    def wait_for(self, stage: Stage, poll: float = 0.1,
-                 console_tail: Callable[[], str] | None = None) -> None:
-        """Block until ``stage`` is done; raise BootFailure on failure or stage timeout."""
+    def wait_for(
+        self,
+        stage: Stage,
+        poll: float = 0.05,
+        console_tail: Callable[[], str] | None = None,
+        check: Callable[[], None] | None = None,
+    ) -> None:
+        """Block until ``stage`` is done; raise BootFailure on failure or stage timeout.
+
+        ``check`` runs every ``poll`` seconds and may raise (e.g. when QEMU has died).
+        """
         while True:
+            if check is not None:
+                check()
             with self._cond:
                 if self._failure is not None:
                     raise self._failure
