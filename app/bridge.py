@@ -83,7 +83,7 @@ class Op:
         def work() -> None:
             try:
                 result = self._fn(*self._args, **self._kwargs)
-            except BaseException as err:
+            except BaseException as err:  # noqa: BLE001 - delivered to the failure callback
                 if not isinstance(err, BerthError):
                     log.debug("op failed: %s", "".join(traceback.format_exception(err)))
                 error = err

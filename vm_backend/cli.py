@@ -242,9 +242,7 @@ def cmd_events(args: argparse.Namespace, out: TextIO) -> int:
             when = datetime.fromtimestamp(event.time_nano / 1e9).isoformat(timespec="milliseconds")
             name = f" ({_plain(event.name)})" if event.name else ""
             detail = f": {_plain(event.detail)}" if event.detail else ""
-            out.write(
-                f"{when} {event.type} {event.action}{detail} {event.id[:12]}{name}\n"
-            )
+            out.write(f"{when} {event.type} {event.action}{detail} {event.id[:12]}{name}\n")
         out.flush()
     return 0
 
@@ -354,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=_lifecycle(verb))
 
     try:
-        from vm_backend.machine.cli import add_machine_parser
+        from vm_backend.daemon.cli_machine import add_machine_parser
     except ImportError:
         pass
     else:

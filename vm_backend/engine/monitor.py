@@ -213,7 +213,7 @@ class EngineMonitor:
             try:
                 for event in self._stream:
                     self._on_event(event)
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 - any transport error means: reconnect
                 log.debug("event stream ended: %s", err)
             if self._stop.is_set():
                 return

@@ -75,7 +75,7 @@ class Stream(Generic[T]):
                 pass
         try:
             self._response.close()
-        except Exception:
+        except Exception:  # noqa: BLE001 - closing must never raise into the caller
             pass
 
     def __enter__(self) -> Stream[T]:

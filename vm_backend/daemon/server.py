@@ -1,0 +1,334 @@
+"""berthd: the per-user daemon that owns the helper VMs.
+
+Started on demand by the CLI or the window (:mod:`vm_backend.daemon.client`), it serves
+the control protocol (:mod:`vm_backend.daemon.protocol`) on ``berthd.sock``, a 0600 unix
+socket in a 0700 directory — never TCP. It outlives the window; on start it reattaches to
+VMs that kept running while it was away. SIGTERM makes it drop its connections and exit,
+leaving VMs running (``berth machine stop`` stops them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import socket
+import socketserver
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from vm_backend import __version__
+from vm_backend.daemon.protocol import PROTOCOL_VERSION, LineReader, ProtocolError, encode
+from vm_backend.daemon.service import MachineService
+from vm_backend.errors import BerthError, InputError
+from vm_backend.machine.paths import ensure_private_dir, run_dir_for
+from vm_backend.machine.spec import spec_from_json, spec_to_json
+from vm_backend.paths import berth_home
+
+log = logging.getLogger("berthd")
+
+
+def daemon_dir(home: Path | None = None) -> Path:
+    return (home or berth_home()) / "daemon"
+
+
+def socket_path(home: Path | None = None) -> Path:
+    return run_dir_for(daemon_dir(home)) / "berthd.sock"
+
+
+class Daemon:
+    """The machines and the request handlers; transport-agnostic."""
+
+    def __init__(self, home: Path | None = None) -> None:
+        self.home = home or berth_home()
+        self._lock = threading.Lock()
+        self._services: dict[str, MachineService] = {}
+        self.started_at = time.time()
+
+    def service(self, name: str, must_exist: bool = True) -> MachineService:
+        with self._lock:
+            svc = self._services.get(name)
+            if svc is None:
+                svc = MachineService(name, home=self.home)
+                self._services[name] = svc
+        if must_exist and not svc.machine.exists:
+            raise InputError(
+                f"There is no machine named {name!r}.", "Create it: berth machine init"
+            )
+        return svc
+
+    def names(self) -> list[str]:
+        base = self.home / "machines"
+        try:
+            return sorted(p.name for p in base.iterdir() if (p / "machine.json").exists())
+        except OSError:
+            return []
+
+    def reattach_all(self) -> None:
+        for name in self.names():
+            try:
+                if self.service(name).attach():
+                    log.info("reattached to running machine %s", name)
+            except BerthError as err:
+                log.warning("could not reattach to %s: %s", name, err)
+
+    def close(self) -> None:
+        with self._lock:
+            services = list(self._services.values())
+        for svc in services:
+            svc.close()
+
+    # ---- methods ------------------------------------------------------------------------
+    def handle(self, method: str, params: dict[str, Any], progress: Any) -> Any:
+        name = str(params.get("name") or "default")
+        if method == "ping":
+            return {"version": __version__, "protocol": PROTOCOL_VERSION, "pid": os.getpid()}
+        if method == "machine.list":
+            return [self.service(n).status_json() for n in self.names()]
+        if method == "machine.init":
+            spec = spec_from_json({**params, "name": name})
+            svc = self.service(name, must_exist=False)
+            if svc.machine.exists:
+                raise InputError(
+                    f"Machine {name!r} exists already.",
+                    "Change it with berth machine set, or remove it first.",
+                )
+            return spec_to_json(svc.create(spec))
+        if method == "machine.set":
+            svc = self.service(name)
+            current = spec_to_json(svc.machine.spec)
+            changes = {k: v for k, v in params.items() if k != "name" and v is not None}
+            return spec_to_json(svc.machine.update(spec_from_json({**current, **changes})))
+        if method == "machine.start":
+            svc = self.service(name)
+            svc.add_listener(progress)
+            try:
+                svc.start()
+            finally:
+                svc.remove_listener(progress)
+            return svc.status_json()
+        if method == "machine.stop":
+            svc = self.service(name)
+            timeout = params.get("timeout")
+            outcome = svc.stop(float(timeout) if timeout is not None else None)
+            return {"outcome": outcome.value}
+        if method == "machine.status":
+            return self.service(name).status_json()
+        if method == "machine.rm":
+            svc = self.service(name)
+            svc.delete()
+            with self._lock:
+                self._services.pop(name, None)
+            return {"removed": name}
+        if method == "machine.pause":
+            self.service(name).machine.pause()
+            return self.service(name).status_json()
+        if method == "machine.resume":
+            self.service(name).machine.resume()
+            return self.service(name).status_json()
+        if method == "machine.logs":
+            return {
+                "text": self._log_tail(
+                    name, str(params.get("which") or "console"), int(params.get("lines") or 200)
+                )
+            }
+        if method == "machine.spec":
+            return spec_to_json(self.service(name).machine.spec)
+        raise InputError(f"Unknown method {method!r}.", "Update the berth client and daemon.")
+
+    def _log_tail(self, name: str, which: str, lines: int) -> str:
+        paths = self.service(name).machine.paths
+        files = {
+            "console": paths.console_log,
+            "qemu": paths.qemu_log,
+            "daemon": daemon_dir(self.home) / "berthd.log",
+        }
+        path = files.get(which)
+        if path is None:
+            raise InputError(f"Unknown log {which!r}.", "Use console, qemu or daemon.")
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                size = fh.tell()
+                fh.seek(max(0, size - 256 * 1024))
+                data = fh.read()
+        except FileNotFoundError:
+            return ""
+        text = data.decode("utf-8", "replace")
+        return "\n".join(text.splitlines()[-max(1, min(lines, 100_000)) :])
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        reader = LineReader(sock)
+        send_lock = threading.Lock()
+
+        def send(message: dict[str, Any]) -> None:
+            with send_lock:
+                sock.sendall(encode(message))
+
+        while True:
+            try:
+                request = reader.read()
+            except (ProtocolError, OSError):
+                return
+            if request is None:
+                return
+            req_id = request.get("id")
+            method = str(request.get("method") or "")
+            params = request.get("params") or {}
+            if not isinstance(params, dict):
+                send({"id": req_id, "error": {"message": "params must be an object", "hint": ""}})
+                continue
+            if method == "machine.console":
+                self._console(sock, reader, req_id, params, send)
+                return
+
+            def progress(message: dict[str, Any], req_id: Any = req_id) -> None:
+                with contextlib.suppress(OSError):
+                    send({"id": req_id, "progress": message})
+
+            try:
+                result = self.server.daemon.handle(method, params, progress)
+            except BerthError as err:
+                reply = {"id": req_id, "error": {"message": err.message, "hint": err.hint}}
+            except Exception as err:
+                log.exception("request %s failed", method)
+                reply = {
+                    "id": req_id,
+                    "error": {
+                        "message": f"{type(err).__name__}: {err}",
+                        "hint": "See the daemon log: berth machine logs --daemon",
+                    },
+                }
+            else:
+                reply = {"id": req_id, "result": result}
+            try:
+                send(reply)
+            except OSError:
+                return
+
+    def _console(
+        self,
+        sock: socket.socket,
+        reader: LineReader,
+        req_id: Any,
+        params: dict[str, Any],
+        send: Any,
+    ) -> None:
+        try:
+            svc = self.server.daemon.service(str(params.get("name") or "default"))
+            console = svc.machine.console
+            if console is None:
+                raise BerthError("The VM is not running.", "Start it: berth machine start")
+        except BerthError as err:
+            send({"id": req_id, "error": {"message": err.message, "hint": err.hint}})
+            return
+        send({"id": req_id, "result": {"attached": True}})
+        done = threading.Event()
+
+        def out(data: bytes) -> None:
+            try:
+                sock.sendall(data)
+            except OSError:
+                done.set()
+
+        sub = console.subscribe(out, replay=bool(params.get("replay", True)))
+        try:
+            if reader.buffer:
+                console.write(reader.buffer)
+            while not done.is_set():
+                data = sock.recv(4096)
+                if not data:
+                    break
+                console.write(data)
+        except OSError:
+            pass
+        finally:
+            sub.close()
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    daemon: Daemon
+
+
+def serve(home: Path | None = None, ready: threading.Event | None = None) -> None:
+    """Run berthd in this process until SIGTERM/SIGINT."""
+    home = home or berth_home()
+    ensure_private_dir(home)
+    ensure_private_dir(daemon_dir(home))
+    path = socket_path(home)
+    ensure_private_dir(path.parent)
+    if _answers(path):
+        raise BerthError(f"berthd is already running on {path}.", "")
+    with contextlib.suppress(FileNotFoundError):
+        if path.is_symlink() or not path.is_socket():
+            raise BerthError(f"{path} exists and is not berthd's socket.", "Remove it by hand.")
+        path.unlink()
+    old_umask = os.umask(0o177)  # the socket is created 0600 atomically
+    try:
+        server = _Server(str(path), _Handler)
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    server.daemon = Daemon(home)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    server.daemon.reattach_all()
+    log.info("berthd %s listening on %s", __version__, path)
+    if ready is not None:
+        ready.set()
+    try:
+        server.serve_forever(poll_interval=0.5)
+    finally:
+        server.server_close()
+        server.daemon.close()
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="berthd", description="Berth's per-user VM daemon")
+    parser.add_argument("--home", type=Path, default=None)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    try:
+        serve(args.home)
+    except BerthError as err:
+        sys.stderr.write(f"berthd: {err}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

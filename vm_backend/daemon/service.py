@@ -1,0 +1,244 @@
+"""One helper VM as berthd runs it: the Machine, its SSH session, the engine socket.
+
+:class:`MachineService` adds the host-side data plane to :class:`Machine`: once the guest
+is ready it opens the pinned SSH transport, serves the guest's docker.sock on the host
+(``<run dir>/docker.sock``, 0600 in a 0700 dir), checks ``/_ping`` through it (the
+``socket`` readiness stage) and points the ``berth`` docker context at it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vm_backend.errors import BerthError
+from vm_backend.machine.context import remove_context, write_context
+from vm_backend.machine.hostinfo import Arch
+from vm_backend.machine.image import GuestImage, ImageError
+from vm_backend.machine.keys import ensure_machine_keys
+from vm_backend.machine.machine import Machine, MachineState, MachineStatus, StopOutcome
+from vm_backend.machine.relay import EngineSocketRelay
+from vm_backend.machine.spec import MachineSpec, spec_to_json
+from vm_backend.machine.ssh import GuestSSH
+from vm_backend.machine.timeline import Stage, StageRecord
+
+log = logging.getLogger(__name__)
+
+CONTEXT_NAME = "berth"
+PING_TIMEOUT = 10.0
+
+
+def image_search_path(arch: Arch) -> list[Path]:
+    """Where the guest image may be: an override, the bundle, the user's data, the build."""
+    out: list[Path] = []
+    override = os.environ.get("BERTH_GUEST_IMAGE")
+    if override:
+        out.append(Path(override))
+    bundle = getattr(sys, "_MEIPASS", None)
+    if bundle:
+        out.append(Path(bundle) / "guest" / arch.value)
+    from vm_backend.paths import berth_home
+
+    out.append(berth_home() / "images" / arch.value)
+    out.append(Path(__file__).resolve().parents[2] / "packaging" / "guest" / "out" / arch.value)
+    return out
+
+
+def find_guest_image(arch: Arch) -> GuestImage:
+    tried = []
+    for directory in image_search_path(arch):
+        tried.append(str(directory))
+        if (directory / "vmlinuz").exists():
+            return GuestImage.from_dir(directory, arch)
+    raise ImageError(
+        f"No {arch.value} guest image found (looked in {', '.join(tried)}).",
+        "Build it with: bash packaging/guest/build.sh --arch " + arch.value,
+    )
+
+
+def ping_unix(path: Path, timeout: float = PING_TIMEOUT) -> bool:
+    """``GET /_ping`` on a unix socket; True when the engine answers OK."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        sock.sendall(b"GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+    return data.startswith(b"HTTP/1.1 200") and data.rstrip().endswith(b"OK")
+
+
+class MachineService:
+    """The VM plus its SSH session and engine socket; thread-safe."""
+
+    def __init__(
+        self,
+        name: str = "default",
+        *,
+        home: Path | None = None,
+        image: GuestImage | None = None,
+        machine: Machine | None = None,
+        manage_context: bool = True,
+    ) -> None:
+        self.name = name
+        self.machine = machine or Machine(name, home=home, image=image)
+        self.manage_context = manage_context
+        self._lock = threading.RLock()
+        self.ssh: GuestSSH | None = None
+        self.relay: EngineSocketRelay | None = None
+        self._listeners: list[Callable[[dict[str, Any]], None]] = []
+        self.machine.add_readiness_hook(Stage.SOCKET, self._open_engine_socket)
+        self.machine.on_stage(self._stage_changed)
+        self.machine.on_state_change(self._state_changed)
+
+    @property
+    def engine_socket(self) -> Path:
+        return self.machine.paths.run_dir / "docker.sock"
+
+    # ---- listeners ----------------------------------------------------------------------
+    def add_listener(self, callback: Callable[[dict[str, Any]], None]) -> None:
+        with self._lock:
+            self._listeners.append(callback)
+
+    def remove_listener(self, callback: Callable[[dict[str, Any]], None]) -> None:
+        with self._lock, contextlib.suppress(ValueError):
+            self._listeners.remove(callback)
+
+    def _broadcast(self, message: dict[str, Any]) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for cb in listeners:
+            try:
+                cb(message)
+            except Exception:
+                log.debug("listener failed", exc_info=True)
+
+    def _stage_changed(self, record: StageRecord) -> None:
+        self._broadcast({"stage": stage_to_json(record)})
+
+    def _state_changed(self, status: MachineStatus) -> None:
+        if status.state in (MachineState.STOPPED, MachineState.CRASHED):
+            self._close_data_plane()
+        self._broadcast({"state": status.state.value, "detail": status.detail})
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    def create(self, spec: MachineSpec) -> MachineSpec:
+        return self.machine.create(spec)
+
+    def start(self) -> MachineStatus:
+        if self.machine.image is None:
+            self.machine.image = find_guest_image(self.machine.spec.arch)
+        status = self.machine.start()
+        # Already running (e.g. started by a previous berthd): make sure the socket is up.
+        if self.relay is None and status.state is MachineState.RUNNING:
+            self._open_engine_socket(self.machine)
+        return self.machine.status()
+
+    def attach(self) -> bool:
+        """Reattach to a VM that kept running while berthd was away."""
+        if not self.machine.exists or not self.machine.attach():
+            return False
+        try:
+            self._open_engine_socket(self.machine)
+        except BerthError as err:
+            log.warning("reattached to %s but its engine socket failed: %s", self.name, err)
+        return True
+
+    def stop(self, timeout: float | None = None) -> StopOutcome:
+        self._close_data_plane()
+        return self.machine.stop(timeout)
+
+    def delete(self) -> None:
+        self._close_data_plane()
+        self.machine.delete()
+        if self.manage_context:
+            with contextlib.suppress(BerthError, OSError):
+                remove_context(CONTEXT_NAME)
+
+    def close(self) -> None:
+        """berthd is exiting: drop connections, leave the VM running."""
+        self._close_data_plane()
+        self.machine.close()
+
+    # ---- data plane ---------------------------------------------------------------------
+    def _open_engine_socket(self, machine: Machine) -> None:
+        with self._lock:
+            status = machine.status()
+            if status.ssh_port is None:
+                raise BerthError("The VM has no SSH port.", "Restart the machine.")
+            keys = ensure_machine_keys(machine.paths.state_dir, machine.name)
+            if self.ssh is None or self.ssh.port != status.ssh_port:
+                if self.ssh is not None:
+                    self.ssh.close()
+                self.ssh = GuestSSH(
+                    status.ssh_port, keys.client.private_path, keys.host.public_openssh
+                )
+            self.ssh.connect()
+            if self.relay is None:
+                self.relay = EngineSocketRelay(self.ssh, self.engine_socket)
+                self.relay.start()
+        if not ping_unix(self.engine_socket):
+            raise BerthError(
+                "The engine socket does not answer /_ping.",
+                "See the console log (berth machine logs) for dockerd's errors.",
+            )
+        if self.manage_context:
+            try:
+                write_context(f"unix://{self.engine_socket}", name=CONTEXT_NAME)
+            except (BerthError, OSError) as err:
+                log.warning("could not write the docker context: %s", err)
+
+    def _close_data_plane(self) -> None:
+        with self._lock:
+            relay, self.relay = self.relay, None
+            ssh, self.ssh = self.ssh, None
+        if relay is not None:
+            relay.stop()
+        if ssh is not None:
+            ssh.close()
+
+    def status_json(self) -> dict[str, Any]:
+        status = self.machine.status()
+        spec = self.machine.spec if self.machine.exists else None
+        doc = status_to_json(status)
+        doc["socket"] = str(self.engine_socket) if self.relay is not None else ""
+        doc["docker_host"] = f"unix://{self.engine_socket}" if self.relay is not None else ""
+        doc["spec"] = spec_to_json(spec) if spec else None
+        doc["relay_connections"] = self.relay.active_connections if self.relay else 0
+        return doc
+
+
+def stage_to_json(record: StageRecord) -> dict[str, Any]:
+    return {
+        "stage": record.stage.value,
+        "state": record.state.value,
+        "started_at": record.started_at,
+        "ended_at": record.ended_at,
+        "duration": record.duration,
+        "guest_uptime": record.guest_uptime,
+        "detail": record.detail,
+    }
+
+
+def status_to_json(status: MachineStatus) -> dict[str, Any]:
+    timeline = status.timeline
+    return {
+        "name": status.name,
+        "state": status.state.value,
+        "accelerator": status.accelerator.value if status.accelerator else None,
+        "accelerator_reason": status.accel_reason,
+        "slow_mode": status.slow_mode,
+        "pid": status.pid,
+        "uptime_s": status.uptime_s,
+        "ssh_port": status.ssh_port,
+        "timeline": [stage_to_json(r) for r in timeline.stages] if timeline else [],
+        "resources": {"qemu_rss_bytes": status.rss_bytes, "qemu_cpu_percent": status.cpu_percent},
+        "detail": status.detail,
+    }
