@@ -1,0 +1,293 @@
+"""The Logs tab: a followed log stream, read in a worker thread, shown in a LogPanel.
+
+The reader thread parses the engine's stream and pushes lines into a bounded deque; a
+100 ms GUI timer drains it into the :class:`~app.widgets.logview.LogPanel` in one batch.
+A container logging tens of thousands of lines a second therefore costs the GUI ten
+appends a second. When the GUI cannot keep up the deque drops its oldest lines (counted
+and shown) instead of growing without bound; the panel's own ring buffer then keeps the
+newest ``capacity`` lines and shows how many fell off.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from PySide6.QtCore import QDateTime, QTimer
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDateTimeEdit,
+    QHBoxLayout,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.bridge import user_message
+from app.pages.details._base import DetailsTab, plain_label
+from app.widgets.logview import LogLine, LogPanel
+from vm_backend.engine.client import EngineClient
+from vm_backend.engine.models import LogEntry
+from vm_backend.engine.streams import Stream
+
+#: How often queued lines reach the view.
+BATCH_MS = 100
+#: Lines kept between the reader thread and the GUI; beyond this the oldest are dropped.
+QUEUE_LIMIT = 50_000
+#: Lines kept in the view.
+VIEW_CAPACITY = 100_000
+
+#: "Since" choices: label, seconds back (0: the whole log, -1: a chosen time).
+SINCE_CHOICES: tuple[tuple[str, int], ...] = (
+    ("Any time", 0),
+    ("Last 5 minutes", 5 * 60),
+    ("Last 15 minutes", 15 * 60),
+    ("Last hour", 3600),
+    ("Last 6 hours", 6 * 3600),
+    ("Last 24 hours", 24 * 3600),
+    ("Since…", -1),
+)
+
+
+@dataclass(frozen=True)
+class LogQuery:
+    """What to ask the engine for; a change restarts the stream."""
+
+    tail: int | None  # None: all lines
+    since: float | None  # epoch seconds, None: from the start
+
+
+class LogReader:
+    """A worker thread that follows one container's log into a bounded queue."""
+
+    def __init__(self, client: EngineClient, container_id: str, query: LogQuery) -> None:
+        self._client = client
+        self._container_id = container_id
+        self._query = query
+        self._lock = threading.Lock()
+        self._queue: deque[LogLine] = deque(maxlen=QUEUE_LIMIT)
+        self._skipped = 0
+        self._stream: Stream[LogEntry] | None = None
+        self._stopped = threading.Event()
+        self.finished = threading.Event()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="berth-logs", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Cancel from any thread; the reader ends promptly (the socket is shut down)."""
+        self._stopped.set()
+        with self._lock:
+            stream = self._stream
+        if stream is not None:
+            stream.close()
+
+    def take(self) -> tuple[list[LogLine], int]:
+        """Queued lines and how many were dropped since the last take (GUI thread)."""
+        with self._lock:
+            lines = list(self._queue)
+            self._queue.clear()
+            skipped, self._skipped = self._skipped, 0
+        return lines, skipped
+
+    def _run(self) -> None:
+        try:
+            stream = self._client.logs(
+                self._container_id,
+                follow=True,
+                timestamps=True,
+                tail=self._query.tail,
+                since=self._query.since,
+            )
+            with self._lock:
+                self._stream = stream
+            if self._stopped.is_set():
+                stream.close()
+                return
+            queue, lock = self._queue, self._lock
+            pending: list[LogLine] = []
+            last_push = time.monotonic()
+            for entry in stream:
+                if entry.stream == "stderr":
+                    pending.append(LogLine(entry.timestamp, "stderr", entry.text))
+                else:
+                    pending.append(LogLine(entry.timestamp, "stdout", entry.text))
+                # Taking the lock per line would make the GUI thread fight for it
+                # 50,000 times a second; hand lines over in small chunks instead.
+                now = time.monotonic()
+                if len(pending) >= 512 or now - last_push > 0.05:
+                    self._push(pending, queue, lock)
+                    pending = []
+                    last_push = now
+            self._push(pending, queue, lock)
+        except BaseException as err:  # reported on the GUI thread
+            if not self._stopped.is_set():
+                self.error = err
+        finally:
+            self.finished.set()
+
+    def _push(self, lines: list[LogLine], queue: deque[LogLine], lock: threading.Lock) -> None:
+        if not lines:
+            return
+        with lock:
+            overflow = len(queue) + len(lines) - QUEUE_LIMIT
+            if overflow > 0:
+                self._skipped += overflow
+            queue.extend(lines)
+
+
+class LogsTab(DetailsTab):
+    """Follow a container's log with since/tail controls above a LogPanel."""
+
+    title = "Logs"
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._reader: LogReader | None = None
+        self._skipped_total = 0
+        # True until a stream starts, and again after stop(): a stream that ended on its
+        # own (the container exited) is not restarted just because the tab is re-shown.
+        self._needs_start = True
+
+        self.since = QComboBox(self)
+        for label, seconds in SINCE_CHOICES:
+            self.since.addItem(self.tr(label), seconds)
+        self.since.setToolTip(self.tr("Only lines logged after this time"))
+        self.since_time = QDateTimeEdit(self)
+        self.since_time.setCalendarPopup(True)
+        self.since_time.setDisplayFormat("yyyy-MM-dd HH:mm:ss")
+        self.since_time.setDateTime(QDateTime.currentDateTime().addSecs(-3600))
+        self.since_time.setVisible(False)
+        self.tail = QSpinBox(self)
+        self.tail.setRange(0, 1_000_000)
+        self.tail.setSingleStep(100)
+        self.tail.setSpecialValueText(self.tr("all lines"))
+        self.tail.setPrefix(self.tr("last "))
+        self.tail.setValue(1000)
+        self.tail.setToolTip(self.tr("How many existing lines to load before following"))
+        self.restart_button = QToolButton(self)
+        self.restart_button.setText(self.tr("Reload"))
+        self.restart_button.setToolTip(self.tr("Reconnect to the log with these settings"))
+        self.status = plain_label("", self)
+
+        bar = QHBoxLayout()
+        bar.setContentsMargins(4, 4, 4, 0)
+        bar.addWidget(plain_label(self.tr("Since:"), self))
+        bar.addWidget(self.since)
+        bar.addWidget(self.since_time)
+        bar.addWidget(plain_label(self.tr("Tail:"), self))
+        bar.addWidget(self.tail)
+        bar.addWidget(self.restart_button)
+        bar.addWidget(self.status, 1)
+
+        self.panel = LogPanel(VIEW_CAPACITY, self)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(bar)
+        layout.addWidget(self.panel, 1)
+
+        self._drain_timer = QTimer(self)
+        self._drain_timer.setInterval(BATCH_MS)
+        self._drain_timer.timeout.connect(self._drain)
+        # Spin boxes emit on every keystroke; wait for the user to stop typing.
+        self._settle = QTimer(self)
+        self._settle.setSingleShot(True)
+        self._settle.setInterval(500)
+        self._settle.timeout.connect(self.restart)
+
+        self.since.currentIndexChanged.connect(self._since_changed)
+        self.since_time.dateTimeChanged.connect(lambda _dt: self._settle.start())
+        self.tail.valueChanged.connect(lambda _v: self._settle.start())
+        self.restart_button.clicked.connect(self.restart)
+
+    # ---- lifecycle -------------------------------------------------------------------
+    def reset(self) -> None:
+        self.panel.model.clear()
+        self.status.setText("")
+        self._needs_start = True
+
+    def activate(self) -> None:
+        if self._needs_start and self._reader is None:
+            self.restart()
+
+    def stop(self) -> None:
+        self._settle.stop()
+        if self._reader is not None:
+            self._reader.stop()
+            self._reader = None
+            self._needs_start = True
+            self.status.setText(self.tr("Paused"))
+        self._drain_timer.stop()
+
+    def restart(self) -> None:
+        """Drop the lines shown and reconnect with the current since/tail settings."""
+        self._settle.stop()
+        if self.client is None or not self.container_id:
+            return
+        self.stop()
+        self.panel.model.clear()
+        self._start()
+
+    @property
+    def running(self) -> bool:
+        return self._reader is not None
+
+    def query(self) -> LogQuery:
+        """The since/tail the controls ask for."""
+        tail = self.tail.value() or None
+        seconds = int(self.since.currentData())
+        since: float | None = None
+        if seconds > 0:
+            since = time.time() - seconds
+        elif seconds < 0:
+            since = self.since_time.dateTime().toSecsSinceEpoch()
+        return LogQuery(tail, since)
+
+    # ---- internals -------------------------------------------------------------------
+    def _since_changed(self, _index: int) -> None:
+        self.since_time.setVisible(int(self.since.currentData()) < 0)
+        self.restart()
+
+    def _start(self) -> None:
+        assert self.client is not None
+        self._needs_start = False
+        self._skipped_total = 0
+        self._reader = LogReader(self.client, self.container_id, self.query())
+        self._reader.start()
+        self.status.setText(self.tr("Following…"))
+        self._drain_timer.start()
+
+    def _drain(self) -> None:
+        reader = self._reader
+        if reader is None:
+            return
+        lines, skipped = reader.take()
+        if lines:
+            self.panel.append_lines(lines)
+        if skipped:
+            self._skipped_total += skipped
+        if reader.finished.is_set() and not lines:
+            # The last lines are in; report how the stream ended.
+            self._drain_timer.stop()
+            self._reader = None
+            if reader.error is not None:
+                self.status.setText(user_message(reader.error))
+            else:
+                self.status.setText(
+                    self.tr("Log ended (the container stopped). Reload to follow again.")
+                )
+            return
+        if self._skipped_total:
+            self.status.setText(
+                self.tr("Following… {0:,} lines skipped: the log is faster than the view").format(
+                    self._skipped_total
+                )
+            )
+
+
+__all__ = ["LogQuery", "LogReader", "LogsTab"]
