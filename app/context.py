@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from PySide6.QtCore import QCoreApplication, QObject, Signal
+from PySide6.QtCore import QCoreApplication, QObject, QTimer, Signal
 
 from app.bridge import Op, user_message
 from app.session import EngineSession
@@ -19,6 +19,8 @@ from vm_backend.engine.models import Endpoint, EndpointSource
 from vm_backend.settings import Settings
 
 log = logging.getLogger(__name__)
+
+RETRY_MS = 2000  # how often an engine that could not be reached at all is tried again
 
 
 def _build_session(endpoint: Endpoint) -> EngineSession:
@@ -56,6 +58,10 @@ class AppContext(QObject):
         self.discovering = False
         self.failure = ""
         self._generation = 0  # drops late results of an older switch
+        self._retry_timer = QTimer(self)
+        self._retry_timer.setSingleShot(True)
+        self._retry_timer.setInterval(RETRY_MS)
+        self._retry_timer.timeout.connect(self._retry_build)
 
     # ---- engines ------------------------------------------------------------------------
     def discover(self) -> None:
@@ -100,32 +106,44 @@ class AppContext(QObject):
     def switch_engine(self, endpoint: Endpoint) -> None:
         """Make ``endpoint`` the active engine (the old session is stopped off-thread)."""
         self._generation += 1
-        generation = self._generation
+        self._retry_timer.stop()
         self._drop_session()
         self.endpoint = endpoint
         self.failure = ""
         self.session_changed.emit(None)
+        self._build(endpoint, self._generation)
 
+    def _build(self, endpoint: Endpoint, generation: int) -> None:
         def built(session: EngineSession) -> None:
             if generation != self._generation:
                 Op(session.stop).finally_(session.deleteLater).run()
                 return
             session.setParent(self)
             self.session = session
+            self.failure = ""
             session.start()
             self.session_changed.emit(session)
 
         def failed(err: BaseException) -> None:
             if generation != self._generation:
                 return
-            self.failure = user_message(err)
-            self.session_failed.emit(endpoint, self.failure)
+            reason = user_message(err)
+            if reason != self.failure:
+                self.failure = reason
+                self.session_failed.emit(endpoint, reason)
+            # Keep trying quietly, so the window recovers by itself when the engine starts.
+            self._retry_timer.start()
 
         Op(_build_session, endpoint).success(built).failure(failed).run(self)
+
+    def _retry_build(self) -> None:
+        if self.session is None and self.endpoint is not None:
+            self._build(self.endpoint, self._generation)
 
     def use_session(self, session: EngineSession) -> None:
         """Adopt an already built session (tests and embedders; it is started here)."""
         self._generation += 1
+        self._retry_timer.stop()
         self._drop_session()
         self.endpoint = session.endpoint
         self.failure = ""
@@ -134,11 +152,12 @@ class AppContext(QObject):
         self.session_changed.emit(session)
 
     def retry(self) -> None:
-        """The user pressed Retry: reconnect the session, or build it again."""
+        """The user pressed Retry: reconnect the session, or build it again now."""
         if self.session is not None:
             self.session.retry()
         elif self.endpoint is not None:
-            self.switch_engine(self.endpoint)
+            self._retry_timer.stop()
+            self._build(self.endpoint, self._generation)
         else:
             self.discover()
 
@@ -152,6 +171,7 @@ class AppContext(QObject):
     def shutdown(self) -> None:
         """Stop the session (at exit); waits briefly, as the window is already gone."""
         self._generation += 1
+        self._retry_timer.stop()
         old, self.session = self.session, None
         if old is not None:
             old.stop()

@@ -399,14 +399,27 @@ class ContainersProxy(QSortFilterProxyModel):
     def set_search(self, text: str) -> None:
         text = text.strip().lower()
         if text != self._search:
+            self._begin_filter_change()
             self._search = text
-            self.invalidateFilter()
+            self._end_filter_change()
 
     def set_state_filter(self, state: str) -> None:
         if state not in dict(STATE_FILTERS):
             state = "all"
         if state != self._state:
+            self._begin_filter_change()
             self._state = state
+            self._end_filter_change()
+
+    # Qt 6.10 replaced invalidateFilter() with a begin/end pair; keep older Qt working.
+    def _begin_filter_change(self) -> None:
+        if hasattr(self, "beginFilterChange"):
+            self.beginFilterChange()
+
+    def _end_filter_change(self) -> None:
+        if hasattr(self, "endFilterChange"):
+            self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
+        else:
             self.invalidateFilter()
 
     def container_at(self, proxy_row: int) -> Container | None:
@@ -479,7 +492,7 @@ class _Reader(threading.Thread):
                 if self._stopped.is_set():
                     break
                 self.pool.push(sample)
-        except Exception as err:  # a broken stream only ends this reader
+        except Exception as err:  # noqa: BLE001 - a broken stream only ends this reader
             log.debug("stats stream of %s ended: %s", self.cid[:12], err)
         finally:
             stream.close()
