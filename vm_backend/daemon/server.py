@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import socketserver
+import stat
 import sys
 import threading
 import time
@@ -261,8 +262,8 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon: Daemon
 
 
-def serve(home: Path | None = None, ready: threading.Event | None = None) -> None:
-    """Run berthd in this process until SIGTERM/SIGINT."""
+def make_server(home: Path | None = None) -> _Server:
+    """Bind berthd's socket (0600 in a 0700 dir) and reattach to running machines."""
     home = home or berth_home()
     ensure_private_dir(home)
     ensure_private_dir(daemon_dir(home))
@@ -270,30 +271,29 @@ def serve(home: Path | None = None, ready: threading.Event | None = None) -> Non
     ensure_private_dir(path.parent)
     if _answers(path):
         raise BerthError(f"berthd is already running on {path}.", "")
-    with contextlib.suppress(FileNotFoundError):
-        if path.is_symlink() or not path.is_socket():
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
             raise BerthError(f"{path} exists and is not berthd's socket.", "Remove it by hand.")
-        path.unlink()
-    old_umask = os.umask(0o177)  # the socket is created 0600 atomically
+        path.unlink()  # a stale socket from a crashed berthd
+    old_umask = os.umask(0o177)  # the socket is created 0600, never briefly wider
     try:
         server = _Server(str(path), _Handler)
     finally:
         os.umask(old_umask)
     os.chmod(path, 0o600)
     server.daemon = Daemon(home)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        stop.set()
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
     server.daemon.reattach_all()
+    return server
+
+
+def run_server(server: _Server) -> None:
+    """Serve until shutdown(); then drop connections (VMs keep running)."""
+    path = Path(str(server.server_address))
     log.info("berthd %s listening on %s", __version__, path)
-    if ready is not None:
-        ready.set()
     try:
         server.serve_forever(poll_interval=0.5)
     finally:
@@ -301,6 +301,18 @@ def serve(home: Path | None = None, ready: threading.Event | None = None) -> Non
         server.daemon.close()
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def serve(home: Path | None = None) -> None:
+    """Run berthd in this process until SIGTERM/SIGINT."""
+    server = make_server(home)
+
+    def on_signal(signum: int, frame: object) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    run_server(server)
 
 
 def _answers(path: Path) -> bool:

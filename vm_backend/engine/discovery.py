@@ -58,13 +58,21 @@ def context_endpoint() -> tuple[str, str] | None:
     return (name, str(host)) if host else None
 
 
-def berth_vm_sockets() -> list[Path]:
-    """Engine sockets of Berth's helper VMs (``<home>/machines/<name>/run/docker.sock``)."""
+def berth_vm_sockets() -> list[tuple[str, Path]]:
+    """(machine name, engine socket) of Berth's helper VMs whose socket exists now."""
+    from vm_backend.machine.paths import MachinePaths
+
     base = berth_home() / "machines"
     try:
-        return sorted(p for p in base.glob("*/run/docker.sock"))
+        names = sorted(p.name for p in base.iterdir() if (p / "machine.json").exists())
     except OSError:
         return []
+    sockets = []
+    for name in names:
+        sock = MachinePaths.for_machine(name, berth_home()).run_dir / "docker.sock"
+        if sock.exists():
+            sockets.append((name, sock))
+    return sockets
 
 
 def candidates(extra: Sequence[str] = ()) -> list[tuple[str, str, EndpointSource]]:
@@ -87,10 +95,8 @@ def candidates(extra: Sequence[str] = ()) -> list[tuple[str, str, EndpointSource
             EndpointSource.PODMAN_ROOTLESS,
         ),
     ]
-    for sock in berth_vm_sockets():
-        out.append(
-            (f"berth VM {sock.parent.parent.name}", f"unix://{sock}", EndpointSource.BERTH_VM)
-        )
+    for machine, sock in berth_vm_sockets():
+        out.append((f"berth VM {machine}", f"unix://{sock}", EndpointSource.BERTH_VM))
     for url in extra:
         out.append((url, url, EndpointSource.MANUAL))
     seen: set[str] = set()
