@@ -17,6 +17,7 @@ interpreted as markup.
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 import time
@@ -60,7 +61,9 @@ from pyte.screens import Char
 
 from app.widgets._termscreen import Line, TermScreen
 
-__all__ = ["TerminalWidget"]
+__all__ = ["TerminalWidget", "key_to_bytes"]
+
+_log = logging.getLogger(__name__)
 
 #: The 16 ANSI colours under pyte's names (xterm's defaults, slightly softened).
 #: "bfightmagenta" is pyte 0.8's spelling of bright magenta background (a typo
@@ -653,10 +656,11 @@ class TerminalWidget(QWidget):
         del self._pending[:size]
         try:
             self._stream.feed(chunk)
-        except Exception:
+        except Exception:  # noqa: BLE001 - any pyte failure, see below
             # pyte has edge cases that raise on malformed sequences; a bad
             # byte from a container must never take the window down. Start a
             # fresh parser (the screen contents survive) and carry on.
+            _log.warning("terminal parser failed on a malformed sequence", exc_info=True)
             self._stream = pyte.ByteStream(self._screen)
 
     def _after_parse(self) -> None:
