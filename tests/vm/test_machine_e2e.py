@@ -1,0 +1,251 @@
+"""The helper VM end to end: berth machine start → the real docker CLI through the socket.
+
+Boots the real guest image under QEMU (TCG here) through berthd, exactly as a user does:
+`berth machine init/start/env/stop`, then the docker CLI with DOCKER_HOST from `env`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vm_backend.daemon.service import find_guest_image
+from vm_backend.errors import BerthError
+from vm_backend.machine.hostinfo import Arch
+
+pytestmark = pytest.mark.vm
+
+HOST_IMAGE = os.environ.get("BERTH_TEST_IMAGE", "berth-test/busybox:latest")
+DOCKER = shutil.which("docker") or "docker"
+
+
+def _berth(home: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vm_backend.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, "BERTH_HOME": str(home), "DOCKER_CONFIG": str(home / "docker")},
+    )
+
+
+def _docker(
+    host: str, *args: str, input_text: str | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [DOCKER, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        input=input_text,
+        env={**os.environ, "DOCKER_HOST": host},
+    )
+
+
+@pytest.fixture(scope="module")
+def vm_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    try:
+        find_guest_image(Arch.AMD64)
+    except BerthError as err:
+        pytest.skip(f"no guest image: {err}")
+    # Short path: unix socket paths are limited to ~104 bytes.
+    home = Path(f"/tmp/bvm-{uuid.uuid4().hex[:6]}")
+    home.mkdir(mode=0o700)
+    init = _berth(
+        home, "machine", "init", "--cpus", "2", "--memory", "1536", "--disk", "8", "--accel", "auto"
+    )
+    assert init.returncode == 0, init.stderr
+    yield home
+    _berth(home, "machine", "stop", "--timeout", "20")
+    subprocess.run(["pkill", "-f", f"vm_backend.daemon.server --home {home}"], check=False)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def docker_host(vm_home: Path) -> str:
+    started = time.monotonic()
+    start = _berth(vm_home, "machine", "start")
+    assert start.returncode == 0, start.stdout + start.stderr
+    print(f"boot to engine-ready: {time.monotonic() - started:.1f} s\n{start.stdout}")
+    env = _berth(vm_home, "machine", "env")
+    assert env.returncode == 0, env.stderr
+    line = env.stdout.strip()
+    assert line.startswith("export DOCKER_HOST=unix://")
+    host = line.split("=", 1)[1]
+    # Bring the local test image into the VM's engine (no registry is reachable).
+    saved = subprocess.run([DOCKER, "save", HOST_IMAGE], capture_output=True, check=True)
+    load = subprocess.run(
+        [DOCKER, "load"],
+        input=saved.stdout,
+        capture_output=True,
+        env={**os.environ, "DOCKER_HOST": host},
+        timeout=300,
+        check=False,
+    )
+    assert load.returncode == 0, load.stderr
+    return host
+
+
+def test_status_json_reports_the_running_vm(vm_home: Path, docker_host: str) -> None:
+    doc = json.loads(_berth(vm_home, "machine", "status", "--json").stdout)
+    assert doc["state"] == "running"
+    assert doc["docker_host"] == docker_host
+    assert doc["accelerator"] in ("kvm", "tcg")
+    stages = {s["stage"]: s for s in doc["timeline"]}
+    for name in ("qemu", "kernel", "init", "network", "sshd", "engine", "ready", "socket"):
+        assert stages[name]["state"] == "done", (name, stages[name])
+    assert doc["resources"]["qemu_rss_bytes"] > 0
+
+
+def test_engine_socket_is_private(docker_host: str) -> None:
+    path = Path(docker_host.removeprefix("unix://"))
+    st = path.lstat()
+    assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.lstat().st_mode) == 0o700
+
+
+def test_docker_cli_runs_a_container_and_reads_its_output(docker_host: str) -> None:
+    run = _docker(docker_host, "run", "--rm", HOST_IMAGE, "echo", "hello from the vm")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "hello from the vm"
+    info = _docker(docker_host, "info", "--format", "{{.OperatingSystem}}")
+    assert "Debian" in info.stdout or "Berth" in info.stdout, info.stdout
+
+
+def test_exec_interactive_and_logs_follow(docker_host: str) -> None:
+    name = f"e2e-{uuid.uuid4().hex[:6]}"
+    started = _docker(
+        docker_host,
+        "run",
+        "-d",
+        "--name",
+        name,
+        HOST_IMAGE,
+        "sh",
+        "-c",
+        "for i in 1 2 3; do echo line$i; sleep 1; done; sleep 300",
+    )
+    assert started.returncode == 0, started.stderr
+    try:
+        # docker exec -i with stdin: the relay must carry half-close so `cat` ends.
+        cat = _docker(docker_host, "exec", "-i", name, "cat", input_text="through the relay\n")
+        assert cat.returncode == 0 and cat.stdout == "through the relay\n"
+        # -it needs a terminal: `script` gives docker one.
+        it = subprocess.run(
+            ["script", "-qec", f"{DOCKER} exec -it {name} sh -c 'echo tty:$(tty)'", "/dev/null"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, "DOCKER_HOST": docker_host},
+        )
+        assert "tty:/dev/pts/" in it.stdout, it.stdout + it.stderr
+        follow = subprocess.Popen(
+            [DOCKER, "logs", "-f", name],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "DOCKER_HOST": docker_host},
+        )
+        try:
+            assert follow.stdout is not None
+            lines = [follow.stdout.readline().strip() for _ in range(3)]
+            assert lines == ["line1", "line2", "line3"]
+        finally:
+            follow.terminate()
+            follow.wait(10)
+    finally:
+        _docker(docker_host, "rm", "-f", name)
+
+
+def test_named_volume_survives_a_vm_restart(vm_home: Path, docker_host: str) -> None:
+    vol = f"keep-{uuid.uuid4().hex[:6]}"
+    write = _docker(
+        docker_host,
+        "run",
+        "--rm",
+        "-v",
+        f"{vol}:/data",
+        HOST_IMAGE,
+        "sh",
+        "-c",
+        "echo persisted > /data/f && sync",
+    )
+    assert write.returncode == 0, write.stderr
+    stop = _berth(vm_home, "machine", "stop")
+    assert stop.returncode == 0, stop.stderr
+    assert "powered-off" in stop.stdout or "quit" in stop.stdout
+    status = json.loads(_berth(vm_home, "machine", "status", "--json").stdout)
+    assert status["state"] == "stopped"
+    assert status["pid"] is None
+    start = _berth(vm_home, "machine", "start")
+    assert start.returncode == 0, start.stderr
+    read = _docker(docker_host, "run", "--rm", "-v", f"{vol}:/data", HOST_IMAGE, "cat", "/data/f")
+    assert read.stdout.strip() == "persisted", read.stderr
+
+
+def test_docker_context_points_at_the_socket(vm_home: Path, docker_host: str) -> None:
+    ctx = subprocess.run(
+        [DOCKER, "--context", "berth", "version", "--format", "{{.Server.Os}}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "DOCKER_CONFIG": str(vm_home / "docker")},
+    )
+    assert ctx.returncode == 0, ctx.stderr
+    assert ctx.stdout.strip() == "linux"
+
+
+def test_no_engine_or_control_endpoint_listens_on_tcp(vm_home: Path, docker_host: str) -> None:
+    """On the host only the SSH forward (127.0.0.1) is QEMU's; in the guest only sshd."""
+    doc = json.loads(_berth(vm_home, "machine", "status", "--json").stdout)
+    pid = doc["pid"]
+    out = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout
+    qemu_listeners = [line for line in out.splitlines() if f"pid={pid}," in line]
+    assert qemu_listeners, out
+    for line in qemu_listeners:
+        local = line.split()[3]
+        assert local.startswith("127.0.0.1:"), line
+    ssh = _berth(vm_home, "machine", "ssh", "--", "cat", "/proc/net/tcp", "/proc/net/tcp6")
+    assert ssh.returncode == 0, ssh.stderr
+    listening = [ln.split() for ln in ssh.stdout.splitlines()[1:] if ln.split()[3:4] == ["0A"]]
+    ports = {int(fields[1].rsplit(":", 1)[1], 16) for fields in listening if len(fields) > 3}
+    assert ports <= {22}, f"guest listens on TCP ports {sorted(ports)}"
+    # From a container, the engine API is not reachable over the network either.
+    probe = _docker(
+        docker_host,
+        "run",
+        "--rm",
+        HOST_IMAGE,
+        "sh",
+        "-c",
+        "for p in 2375 2376; do nc -w 2 10.0.2.2 $p </dev/null && echo open$p; "
+        "nc -w 2 172.17.0.1 $p </dev/null && echo open$p; done; true",
+    )
+    assert "open" not in probe.stdout
+
+
+def test_machine_stop_ends_qemu_cleanly(vm_home: Path, docker_host: str) -> None:
+    doc = json.loads(_berth(vm_home, "machine", "status", "--json").stdout)
+    pid = doc["pid"]
+    stop = _berth(vm_home, "machine", "stop")
+    assert stop.returncode == 0, stop.stderr
+    assert "powered-off" in stop.stdout, stop.stdout
+    assert not Path(f"/proc/{pid}").exists()
+    sock = Path(docker_host.removeprefix("unix://"))
+    assert not sock.exists()
+    with socket.socket(socket.AF_UNIX) as s, pytest.raises(OSError):
+        s.connect(str(sock))
