@@ -79,7 +79,7 @@ class StatsReader:
                 if self._stopped.is_set():
                     break
                 self._post(sample, time.monotonic())
-        except BaseException as err:  # reported on the GUI thread
+        except Exception as err:  # noqa: BLE001 - reported on the GUI thread
             error = err
         if not self._stopped.is_set():
             call_in_gui(lambda: self._finish(error))

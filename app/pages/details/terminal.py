@@ -113,7 +113,7 @@ class ExecPump:
         for _attempt in range(20):
             try:
                 code = self.session.exit_code()
-            except Exception:  # an engine gone away has no exit code
+            except Exception:  # noqa: BLE001 - an engine gone away has no exit code
                 return None
             if code is not None:
                 return code
@@ -131,7 +131,7 @@ class ExecPump:
                     self.session.write(item)
                 else:
                     self.session.resize(*item)
-            except Exception:  # the reader reports the end of the session
+            except Exception:  # noqa: BLE001 - the reader reports the end of the session
                 if isinstance(item, bytes):
                     return
 
