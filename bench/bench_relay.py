@@ -1,0 +1,258 @@
+"""Engine socket latency: Berth's relay vs OpenSSH ``ssh -L`` vs the socket itself.
+
+All paths reach the same dockerd (/var/run/docker.sock) and, except "direct", through the
+same local sshd (standing in for the VM's), measured side by side in one run:
+
+* direct            - the engine's own unix socket (baseline)
+* ssh -L            - OpenSSH: ``ssh -N -L <sock>:/var/run/docker.sock`` (the reference)
+* berth streamlocal - EngineSocketRelay, direct-streamlocal@openssh.com channels
+* berth dial-stdio  - EngineSocketRelay, ``docker system dial-stdio`` per connection
+
+Two client patterns: "keep-alive" (one connection, many requests: docker-py's pool) and
+"new conn" (connect, one request, close: each docker CLI run, and every relay channel
+open). Rounds alternate between the paths so that load from other processes hits them
+all alike. Prints p50/p99 per path and the ratio against ``ssh -L``.
+
+Run as root (the sshd stand-in logs in as root) with openssh-server installed:
+``python bench/bench_relay.py [-n 1000] [--new-conn-n 200]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.integration.sshd_fixtures import DOCKER_SOCK, SshdServer, start_sshd
+from vm_backend.machine.relay import EngineSocketRelay, RelayMechanism
+from vm_backend.machine.ssh import GuestSSH
+
+ENDPOINTS = ("/_ping", "/containers/json?all=1")
+
+
+def _read_response(sock: socket.socket, buf: bytearray) -> None:
+    """Read one HTTP/1.1 response (Content-Length or chunked) and drop it from ``buf``."""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("connection closed mid-response")
+        buf += chunk
+    head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+    headers = head.lower()
+    if not headers.startswith(b"http/1.1 200"):
+        raise ConnectionError(f"unexpected reply: {head[:80]!r}")
+    body = bytearray(rest)
+    if b"transfer-encoding: chunked" in headers:
+        while not body.endswith(b"0\r\n\r\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("connection closed mid-body")
+            body += chunk
+        buf[:] = b""
+        return
+    length = int(headers.split(b"content-length:")[1].split(b"\r\n")[0])
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("connection closed mid-body")
+        body += chunk
+    buf[:] = body[length:]
+
+
+def _request(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: docker\r\n\r\n".encode()
+
+
+def keepalive_sampler(sock_path: str, endpoint: str) -> Callable[[int], list[float]]:
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(sock_path)
+    buf = bytearray()
+    req = _request(endpoint)
+
+    def run(n: int) -> list[float]:
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            sock.sendall(req)
+            _read_response(sock, buf)
+            times.append(time.perf_counter() - t0)
+        return times
+
+    return run
+
+
+def newconn_sampler(sock_path: str, endpoint: str) -> Callable[[int], list[float]]:
+    req = f"GET {endpoint} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n".encode()
+
+    def run(n: int) -> list[float]:
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.connect(sock_path)
+                sock.sendall(req)
+                _read_response(sock, bytearray())
+            times.append(time.perf_counter() - t0)
+        return times
+
+    return run
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+@contextmanager
+def ssh_forward(server: SshdServer, workdir: Path) -> Iterator[str]:
+    """OpenSSH's own unix-socket forward to the guest docker.sock, pinned like ours."""
+    known = workdir / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{server.port} {server.keys.host.public_openssh}\n")
+    local = workdir / "ssh-L.sock"
+    proc = subprocess.Popen(
+        [
+            "ssh", "-N", "-p", str(server.port), "-i", str(server.keys.client.private_path),
+            "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
+            "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes",
+            "-L", f"{local}:{DOCKER_SOCK}", "root@127.0.0.1",
+        ],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while not local.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                raise RuntimeError(f"ssh -L did not start: {err}")
+            time.sleep(0.02)
+        yield str(local)
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+@contextmanager
+def relay_process(server: SshdServer, workdir: Path) -> Iterator[dict[str, str]]:
+    proc = subprocess.Popen(
+        [
+            sys.executable, __file__, "--serve", str(server.port),
+            str(server.keys.client.private_path), server.keys.host.public_openssh, str(workdir),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        paths: dict[str, str] = {}
+        for line in proc.stdout:
+            if line.strip() == "READY":
+                break
+            name, _, path = line.rstrip("\n").partition("\t")
+            paths[name] = path
+        else:
+            raise RuntimeError("the relay process exited before it was ready")
+        yield paths
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()  # EOF: the server stops its relays and exits
+        proc.wait(10)
+
+
+def serve(port: int, client_key: str, host_pub: str, workdir: Path) -> None:
+    """Child mode: run Berth's relays (one per mechanism) until stdin closes."""
+    guest = GuestSSH(port, Path(client_key), host_pub)
+    guest.connect()
+    relays = []
+    for mech in RelayMechanism:
+        relay = EngineSocketRelay(guest, workdir / mech.name.lower() / "d.sock", mechanism=mech)
+        relay.start()
+        relays.append(relay)
+        print(f"berth {mech.value}\t{relay.socket_path}", flush=True)
+    print("READY", flush=True)
+    sys.stdin.read()
+    for relay in relays:
+        relay.stop()
+    guest.close()
+
+
+def main() -> None:
+    if len(sys.argv) == 6 and sys.argv[1] == "--serve":
+        serve(int(sys.argv[2]), sys.argv[3], sys.argv[4], Path(sys.argv[5]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=1000, help="keep-alive requests per path")
+    parser.add_argument("--new-conn-n", type=int, default=200, help="new-connection requests")
+    parser.add_argument("--rounds", type=int, default=10, help="interleaving rounds")
+    args = parser.parse_args()
+    if shutil.which("ssh") is None:
+        sys.exit("needs the OpenSSH client (ssh) and server (sshd)")
+
+    with ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="berth-bench-")))
+        server = start_sshd(workdir / "sshd")
+        stack.callback(server.stop)
+        paths: dict[str, str] = {"direct": DOCKER_SOCK}
+        paths["ssh -L"] = stack.enter_context(ssh_forward(server, workdir))
+        # The relays run in a process of their own, as in berthd: sharing this process's
+        # GIL with the measuring loop would charge Berth for the benchmark's own work.
+        paths.update(stack.enter_context(relay_process(server, workdir)))
+        results: dict[tuple[str, str, str], list[float]] = {}
+        for mode, factory, n in (
+            ("keep-alive", keepalive_sampler, args.n),
+            ("new conn", newconn_sampler, args.new_conn_n),
+        ):
+            for endpoint in ENDPOINTS:
+                samplers = {name: factory(p, endpoint) for name, p in paths.items()}
+                for sampler in samplers.values():
+                    sampler(max(1, n // 50))  # warm-up, discarded
+                per_round = max(1, n // args.rounds)
+                for _ in range(args.rounds):
+                    for name, sampler in samplers.items():
+                        results.setdefault((mode, endpoint, name), []).extend(sampler(per_round))
+
+    print(
+        f"# bench_relay {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC,"
+        f" {platform.node()}, {platform.machine()}, python {platform.python_version()},"
+        f" {_cpu_model()}"
+    )
+    print(f"{'mode':<11}{'endpoint':<24}{'path':<20}{'n':>6}{'p50 ms':>9}{'p99 ms':>9}"
+          f"{'p50/ssh-L':>11}{'p99/ssh-L':>11}{'p50/direct':>12}")
+    for (mode, endpoint, name), values in results.items():
+        ref = results[(mode, endpoint, "ssh -L")]
+        base = results[(mode, endpoint, "direct")]
+        p50, p99 = pct(values, 0.5), pct(values, 0.99)
+        print(
+            f"{mode:<11}{endpoint:<24}{name:<20}{len(values):>6}{p50 * 1e3:>9.3f}"
+            f"{p99 * 1e3:>9.3f}{p50 / pct(ref, 0.5):>11.2f}{p99 / pct(ref, 0.99):>11.2f}"
+            f"{p50 / pct(base, 0.5):>12.1f}"
+        )
+    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
+    print(f"# load average at end: {' '.join(load)}; mean of all samples"
+          f" {statistics.fmean(v for vs in results.values() for v in vs) * 1e3:.3f} ms")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown cpu"
+
+
+if __name__ == "__main__":
+    main()
