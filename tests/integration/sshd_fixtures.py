@@ -55,7 +55,9 @@ def need_sshd() -> None:
         pytest.skip("the sshd stand-in logs in as root, so the tests must run as root")
 
 
-def start_sshd(workdir: Path, keys: MachineKeys | None = None) -> SshdServer:
+def start_sshd(
+    workdir: Path, keys: MachineKeys | None = None, port: int | None = None
+) -> SshdServer:
     """Start sshd in the foreground (-D) with a config of our own; wait until it listens."""
     workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(workdir, 0o700)
@@ -66,7 +68,8 @@ def start_sshd(workdir: Path, keys: MachineKeys | None = None) -> SshdServer:
     os.chmod(authorized, 0o600)
     # sshd's privilege separation needs this directory on Debian.
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-    port = pick_free_port()
+    if port is None:
+        port = pick_free_port()
     config = workdir / "sshd_config"
     config.write_text(
         "\n".join(

@@ -31,6 +31,8 @@ from tests.integration.sshd_fixtures import (
     sshd_server,
     start_sshd,
 )
+from vm_backend.machine.keys import ensure_machine_keys
+from vm_backend.machine.ports import pick_free_port
 from vm_backend.machine.relay import EngineSocketRelay, RelayMechanism
 from vm_backend.machine.ssh import GuestSSH, GuestSSHError, SSHState
 
@@ -390,3 +392,22 @@ def test_reconnects_after_the_transport_drops(tmp_path: Path) -> None:
         ssh.close()
         server.stop()
     assert ssh.state is SSHState.CLOSED
+
+
+def test_connect_waits_for_a_booting_guest(tmp_path: Path) -> None:
+    keys = ensure_machine_keys(tmp_path / "keys", "boot")
+    port = pick_free_port()
+    started: list[SshdServer] = []
+    # sshd appears only after a while, like the guest's sshd late in boot.
+    timer = threading.Timer(1.0, lambda: started.append(start_sshd(tmp_path / "s", keys, port)))
+    timer.start()
+    ssh = GuestSSH(port, keys.client.private_path, keys.host.public_openssh,
+                   backoff_initial_s=0.05)
+    try:
+        ssh.connect(retry_for_s=20)
+        assert ssh.exec(["true"]).rc == 0
+    finally:
+        ssh.close()
+        timer.join()
+        for server in started:
+            server.stop()

@@ -197,8 +197,13 @@ class GuestSSH:
     def pinned_fingerprint(self) -> str:
         return self._pinned_fp
 
-    def connect(self) -> None:
+    def connect(self, retry_for_s: float = 0.0) -> None:
         """Connect now (raising the reason on failure), then keep the session alive.
+
+        ``retry_for_s`` > 0 keeps retrying with backoff for that long, for a VM that is
+        still booting (QEMU's forward accepts TCP before the guest's sshd listens, so early
+        attempts fail in the handshake). A host-key mismatch is never retried here: it is a
+        security event for the user to see, not a boot delay.
 
         On success a monitor thread takes over: it reconnects with backoff whenever the
         transport drops, until :meth:`close`.
@@ -209,14 +214,28 @@ class GuestSSH:
             if self._state is SSHState.CONNECTED:
                 return
             self._set_state(SSHState.CONNECTING)
-        try:
-            transport = self._dial()
-        except BerthError as exc:
-            with self._cond:
-                self._last_error = exc
-                if not self._closed():
-                    self._set_state(SSHState.DISCONNECTED)
-            raise
+        deadline = time.monotonic() + retry_for_s
+        delay = self._backoff_initial_s
+        while True:
+            try:
+                transport = self._dial()
+                break
+            except BerthError as exc:
+                with self._cond:
+                    self._last_error = exc
+                    retry = (
+                        not isinstance(exc, HostKeyMismatchError)
+                        and not self._closed()
+                        and time.monotonic() + delay < deadline
+                    )
+                    if retry:
+                        self._cond.wait(delay)  # close() wakes this early
+                        retry = not self._closed()
+                    if not retry:
+                        if not self._closed():
+                            self._set_state(SSHState.DISCONNECTED)
+                        raise
+                delay = min(delay * 2, self._backoff_max_s)
         with self._cond:
             if self._closed():
                 transport.close()

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,6 +145,17 @@ def test_different_host_key_is_refused_before_auth_and_channels(
         ssh.exec(["true"])
     assert impostor.log.channel_requests == []
     ssh.close()
+
+
+def test_mismatch_is_not_retried_even_when_asked_to_wait(
+    impostor: FakeSSHServer, keys: MachineKeys
+) -> None:
+    ssh = GuestSSH(impostor.port, keys.client.private_path, keys.host.public_openssh)
+    started = time.monotonic()
+    with pytest.raises(HostKeyMismatchError):
+        ssh.connect(retry_for_s=30)
+    assert time.monotonic() - started < 10
+    assert impostor.log.auth_attempts == []
 
 
 def test_unreachable_port_says_what_to_do(keys: MachineKeys) -> None:
