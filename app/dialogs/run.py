@@ -111,6 +111,7 @@ class ListField(QWidget):
         error = _error_label()
         v.addWidget(error)
         self._layout.insertWidget(len(self.rows), box)
+        box.show()  # at once, not on the layout's queued show: its message may show now
         row = (box, edit, error)
         self.rows.append(row)
         edit.textChanged.connect(lambda _t: self.changed.emit())

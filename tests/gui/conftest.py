@@ -254,9 +254,11 @@ def fake_session() -> FakeSession:
 
 
 @pytest.fixture
-def ctx(qtbot: Any) -> Any:
-    """An AppContext with default settings (no discovery started)."""
+def ctx(qtbot: Any) -> Iterator[Any]:
+    """An AppContext with default settings (no discovery started); stopped afterwards."""
     from app.context import AppContext
     from vm_backend.settings import Settings
 
-    return AppContext(Settings())
+    context = AppContext(Settings())
+    yield context
+    context.shutdown()
