@@ -393,9 +393,11 @@ class EngineClient:
         written = 0
         try:
             with engine_call(f"Exporting {ident}"):
-                chunks = self.api.get_image(ident, chunk_size=1 << 20)
-                with open(tmp, "wb") as fh:
-                    for chunk in chunks:
+                # Our own response (not get_image's generator) so a cancel can close it:
+                # an abandoned one keeps the engine writing into a socket nobody reads.
+                response = self._stream_request("GET", "/images/{0}/get", ident)
+                with response, open(tmp, "wb") as fh:
+                    for chunk in response.iter_content(chunk_size=1 << 20):
                         if cancelled():
                             raise EngineError("Export cancelled.", "")
                         fh.write(chunk)
@@ -422,12 +424,13 @@ class EngineClient:
 
     def import_image(self, source: Path, reference: str = "") -> str:
         """``docker import`` a root filesystem tarball as an image."""
-        repo = tag = None
+        repo = None
         if reference:
-            ref = parse_image_ref(reference)
-            repo, tag = ref.repository, ref.tag
+            # The tag goes inside "repo" (the API allows it): Podman 4.3 ignores the
+            # separate "tag" parameter and would name the image :latest.
+            repo = str(parse_image_ref(reference))
         with engine_call(f"Importing {source.name}"):
-            out = self.api.import_image_from_file(str(source), repository=repo, tag=tag)
+            out = self.api.import_image_from_file(str(source), repository=repo)
         text = out if isinstance(out, str) else str(out)
         for obj in iter_json_text(text):
             if obj.get("error"):
@@ -438,9 +441,11 @@ class EngineClient:
         return text.strip()
 
     def build(
-        self, context: Path, tag: str = "", dockerfile: str = "Dockerfile"
+        self, context: Path, tag: str = "", dockerfile: str = "Dockerfile", network: str = ""
     ) -> Stream[dict[str, Any]]:
-        """Build from a folder; yields the engine's raw progress objects (stream/aux/error)."""
+        """Build from a folder; yields the engine's raw progress objects (stream/aux/error).
+
+        ``network`` is the RUN steps' network mode ("none" builds offline)."""
         if not (context / dockerfile).is_file():
             raise EngineError(
                 f"No {dockerfile} in {context}.", "Pick the folder with the Dockerfile."
@@ -449,7 +454,8 @@ class EngineClient:
             parse_image_ref(tag)
         with engine_call(f"Building {context}"):
             archive = _tar_context(context)
-            params = {"t": tag or None, "dockerfile": dockerfile, "rm": 1, "forcerm": 1}
+            params = {"t": tag or None, "dockerfile": dockerfile, "rm": 1, "forcerm": 1,
+                      "networkmode": network or None}
             response = self._stream_request(
                 "POST",
                 "/build",
@@ -489,8 +495,13 @@ class EngineClient:
         call(f"Removing volume {name}", lambda: self.api.remove_volume(name, force=force))
 
     def prune_volumes(self, all_unused: bool = False) -> PruneResult:
-        # Docker 23+ prunes only anonymous volumes unless all=true; 20.10 ignores the filter.
-        filters = {"all": "true"} if all_unused and self.kind is EngineKind.DOCKER else None
+        # Docker 23+ (API 1.42) prunes only anonymous volumes unless all=true; older
+        # engines prune every unused volume and reject the "all" filter with a 400.
+        filters = None
+        if all_unused and self.kind is EngineKind.DOCKER and docker.utils.version_gte(
+            str(self.api.api_version), "1.42"
+        ):
+            filters = {"all": "true"}
         raw = call("Pruning volumes", lambda: self.api.prune_volumes(filters=filters))
         return PruneResult(
             tuple(raw.get("VolumesDeleted") or []), int(raw.get("SpaceReclaimed") or 0)
@@ -501,8 +512,9 @@ class EngineClient:
         raw = call("Listing networks", self.api.networks)
         out = []
         for n in raw:
-            if n.get("Containers") is None and n.get("Id"):
-                # The list omits attachments on some engines; inspect fills them in.
+            if not n.get("Containers") and n.get("Id"):
+                # Docker's list (API >= 1.28) always sends "Containers": {}, Podman may
+                # omit it: only inspect has the attachments.
                 try:
                     n = self.api.inspect_network(n["Id"])
                 except docker.errors.DockerException:
