@@ -398,8 +398,9 @@ class FilesTab(DetailsTab):
         return self._cancel is not None
 
     # ---- browsing --------------------------------------------------------------------
-    def navigate(self, path: str) -> None:
-        """List ``path`` (absolute, or relative to the folder shown)."""
+    def navigate(self, path: str, note: str = "") -> None:
+        """List ``path`` (absolute, or relative to the folder shown); once listed, the
+        status line shows ``note`` if given (e.g. what an upload did), else the count."""
         if self.client is None or not self.container_id:
             return
         target = posixpath.normpath(posixpath.join(self.path, path.strip() or "/"))
@@ -411,7 +412,7 @@ class FilesTab(DetailsTab):
             self._listing.set()  # the previous listing is no longer wanted
         listing = self._listing = threading.Event()
         Op(list_directory, self.client, self.container_id, target, listing).success(
-            lambda members: self._listed(generation, listing, target, members)
+            lambda members: self._listed(generation, listing, target, members, note)
         ).failure(lambda err: self._list_failed(generation, listing, target, err)).run(self)
 
     def go_up(self) -> None:
@@ -442,6 +443,7 @@ class FilesTab(DetailsTab):
         listing: threading.Event,
         path: str,
         members: list[tarfile.TarInfo],
+        note: str = "",
     ) -> None:
         if not self.current(generation) or listing is not self._listing:
             return
@@ -459,7 +461,9 @@ class FilesTab(DetailsTab):
             self.view.horizontalHeader().sortIndicatorSection(),
             self.view.horizontalHeader().sortIndicatorOrder(),
         )
-        self.status.setText(self.tr("{0} items in {1}").format(len(self.entries), path))
+        self.status.setText(
+            note or self.tr("{0} items in {1}").format(len(self.entries), path)
+        )
         self.up_button.setEnabled(path != "/")
         self._selection_changed()
 
@@ -611,15 +615,10 @@ class FilesTab(DetailsTab):
         if not self.current(generation):
             return
         self._end_transfer()
-        self.status.setText(self.tr("Uploaded {0} ({1}) to {2}").format(
-            names, human_bytes(size), folder
-        ))
+        text = self.tr("Uploaded {0} ({1}) to {2}").format(names, human_bytes(size), folder)
+        self.status.setText(text)
         if folder == self.path:
-            self.navigate(self.path)
-            # navigate() reports the listing; keep the upload message visible instead.
-            self.status.setText(self.tr("Uploaded {0} ({1}) to {2}").format(
-                names, human_bytes(size), folder
-            ))
+            self.navigate(self.path, note=text)
 
     def _transfer_failed(self, generation: int, err: BaseException) -> None:
         if not self.current(generation):
