@@ -79,6 +79,10 @@ class LogReader:
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
+
     def stop(self) -> None:
         """Cancel from any thread; the reader ends promptly (the socket is shut down)."""
         self._stopped.set()
@@ -222,6 +226,11 @@ class LogsTab(DetailsTab):
     @property
     def running(self) -> bool:
         return self._reader is not None
+
+    @property
+    def reader(self) -> LogReader | None:
+        """The stream being followed, if any."""
+        return self._reader
 
     def query(self) -> LogQuery:
         """The since/tail the controls ask for."""

@@ -70,6 +70,10 @@ class ExecPump:
         self._reader.start()
         self._writer.start()
 
+    @property
+    def closed(self) -> bool:
+        return self._stopped.is_set()
+
     def write(self, data: bytes) -> None:
         if data and not self._stopped.is_set():
             self._outbox.put(data)
@@ -229,6 +233,11 @@ class TerminalTab(DetailsTab):
     @property
     def connected(self) -> bool:
         return self._pump is not None
+
+    @property
+    def pump(self) -> ExecPump | None:
+        """The live exec session's pump, if connected."""
+        return self._pump
 
     def argv(self) -> list[str]:
         """The command the shell chooser asks for (raises ValueError on bad quoting)."""

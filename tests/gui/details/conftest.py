@@ -59,13 +59,15 @@ ContainerFactory = Callable[..., str]
 def _factory(client: EngineClient) -> Iterator[ContainerFactory]:
     created: list[str] = []
 
-    def make(command: list[str], *, start: bool = True, **host: Any) -> str:
+    def make(
+        command: list[str], *, start: bool = True, name: str | None = None, **host: Any
+    ) -> str:
         # No network unless asked: none of these tests needs one, and a shared test host's
         # bridge may be mid-reconfiguration by other suites.
         host.setdefault("network_mode", "none")
         host_config = client.api.create_host_config(**host)
         result = client.api.create_container(
-            IMAGE, command, labels=dict(LABEL), host_config=host_config, tty=False
+            IMAGE, command, labels=dict(LABEL), host_config=host_config, tty=False, name=name
         )
         cid = str(result["Id"])
         created.append(cid)
