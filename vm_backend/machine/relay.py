@@ -220,9 +220,15 @@ class _Connection:
         poller = select.poll()
         poller.register(self.client.fileno(), 0)  # 0: only HUP/ERR/NVAL wake us
         while True:
-            events = poller.poll()
+            # Linux raises POLLHUP as described; the 1 s timeout is only a safety net for
+            # platforms whose unix sockets report it differently (one wake-up a second per
+            # half-closed connection, never a spin).
+            events = poller.poll(1000)
             if any(ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, ev in events):
                 break
+            with self._lock:
+                if self._halves_done >= 1 or self._aborted:
+                    break
         with self._lock:
             down_done = self._halves_done >= 1
         if not down_done:
