@@ -1,0 +1,120 @@
+"""Fixtures for the object pages (images, volumes, networks) against the real engines.
+
+``engine`` is parametrised over Docker and Podman (a missing socket skips with the
+reason). ``ctx`` is a real :class:`~app.context.AppContext` on a started session for that
+engine. Every object a test creates carries ``berth.test=objects``; ``cleanup`` removes
+whatever still carries it after each test, pass or fail, and checks that no volume helper
+container was left behind.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import pytest
+
+from app.bridge import call_in_gui
+from app.context import AppContext
+from app.session import EngineSession
+from vm_backend.engine.models import Endpoint, EndpointSource, EndpointStatus, EngineKind
+from vm_backend.settings import Settings
+
+ENGINES = {
+    "docker": ("unix:///var/run/docker.sock", EngineKind.DOCKER),
+    "podman": ("unix:///run/podman/podman.sock", EngineKind.PODMAN),
+}
+LABEL = "berth.test=objects"
+LABELS = {"berth.test": "objects"}
+TEST_IMAGE = "berth-test/busybox:latest"
+
+
+def _answers(url: str) -> str:
+    path = url.removeprefix("unix://")
+    if not Path(path).exists():
+        return f"{path} does not exist"
+    try:
+        api = docker.APIClient(base_url=url, version="auto", timeout=10)
+        api.ping()
+        api.close()
+    except Exception as err:  # noqa: BLE001 - any failure means: skip with the reason
+        return f"{url} does not answer: {err}"
+    return ""
+
+
+@pytest.fixture(params=sorted(ENGINES))
+def engine(request: pytest.FixtureRequest) -> str:
+    url, _kind = ENGINES[request.param]
+    reason = _answers(url)
+    if reason:
+        pytest.skip(reason)
+    return str(request.param)
+
+
+@pytest.fixture
+def api(engine: str) -> Iterator[docker.APIClient]:
+    client = docker.APIClient(base_url=ENGINES[engine][0], version="auto", timeout=60)
+    yield client
+    client.close()
+
+
+def remove_test_objects(api: docker.APIClient) -> None:
+    """Remove everything labelled berth.test=objects (containers first: they hold the rest)."""
+    for c in api.containers(all=True, filters={"label": LABEL}):
+        _quiet(api.remove_container, c["Id"], force=True)
+    for c in api.containers(all=True, filters={"label": "berth.helper=1"}):
+        _quiet(api.remove_container, c["Id"], force=True)
+    for n in api.networks(filters={"label": LABEL}):
+        _quiet(api.remove_network, n["Id"])
+    for v in (api.volumes(filters={"label": LABEL}) or {}).get("Volumes") or []:
+        _quiet(api.remove_volume, v["Name"], force=True)
+    for i in api.images(filters={"label": LABEL}):
+        _quiet(api.remove_image, i["Id"], force=True)
+    for i in api.images():
+        for tag in i.get("RepoTags") or []:
+            if "berth-objects-test" in tag:
+                _quiet(api.remove_image, tag, force=True)
+
+
+def _quiet(fn: Any, *args: Any, **kwargs: Any) -> None:
+    try:
+        fn(*args, **kwargs)
+    except docker.errors.DockerException:
+        pass
+
+
+@pytest.fixture
+def cleanup(api: docker.APIClient) -> Iterator[docker.APIClient]:
+    remove_test_objects(api)
+    yield api
+    helpers = api.containers(all=True, filters={"label": "berth.helper=1"})
+    remove_test_objects(api)
+    assert helpers == [], "a volume helper container outlived its operation"
+
+
+@pytest.fixture
+def ctx(qtbot: Any, engine: str, cleanup: docker.APIClient) -> Iterator[AppContext]:
+    # app.bridge creates its relay QObject on first use; if a monitor thread got there
+    # first the relay would live in that thread and GUI callbacks would never run.
+    call_in_gui(lambda: None)
+    url, kind = ENGINES[engine]
+    endpoint = Endpoint(engine, url, EndpointSource.MANUAL, EndpointStatus.OK, kind=kind)
+    context = AppContext(settings=Settings())
+    session = EngineSession(endpoint, reconcile_interval=5.0)
+    context.use_session(session)
+    qtbot.waitUntil(lambda: session.connected, timeout=15000)
+    yield context
+    context.shutdown()
+    session.deleteLater()
+
+
+def wait_for_key(qtbot: Any, model: Any, key: str, present: bool = True,
+                 timeout: int = 20000) -> None:
+    qtbot.waitUntil(lambda: (model.row_of(key) >= 0) == present, timeout=timeout)
