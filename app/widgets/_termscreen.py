@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pyte
+from pyte import modes as mo
 from pyte.screens import Char, StaticDefaultDict
 
 #: Private mode numbers that switch to the alternate screen.
@@ -35,6 +36,8 @@ APP_CURSOR_KEYS = 1 << 5
 BRACKETED_PASTE = 2004 << 5
 
 Line = StaticDefaultDict[int, Char]
+#: A charset table that maps nothing (see TermScreen.draw).
+_IDENTITY = "".join(map(chr, range(256)))
 
 
 class TermScreen(pyte.HistoryScreen):
@@ -53,13 +56,65 @@ class TermScreen(pyte.HistoryScreen):
         #: Lines ever pushed into the scrollback; never decreases (except on
         #: clear), so it gives lines a stable absolute number for selections.
         self.pushed = 0
+        self._cells: dict[Char, dict[str, Char]] = {}
         super().__init__(columns, lines, history=history)
 
     # HistoryScreen wraps every event with before/after hooks that page the
-    # screen back to the bottom. Scrollback is rendered from history.top
-    # without paging, so those hooks are pure overhead on the hot path.
-    def __getattribute__(self, attr: str) -> Any:
-        return object.__getattribute__(self, attr)
+    # screen back to the bottom, through a Python-level __getattribute__.
+    # Scrollback is rendered from history.top without paging, so those hooks
+    # are pure overhead; assigning object's slot wrapper lets CPython use its
+    # C attribute lookup again (a Python override slows every access ~10x).
+    __getattribute__ = object.__getattribute__
+
+    def draw(self, data: str) -> None:
+        """pyte's draw, with a fast path for printable ASCII under autowrap.
+
+        pyte builds every cell with ``namedtuple._replace`` after a ``wcwidth``
+        lookup, about 2 µs a character: a flood of output then parses at well
+        under 1 MB/s. Printable ASCII is one cell wide by definition, and cells
+        are immutable, so one cell per (character, attributes) is built once
+        and shared. Anything else (wide, combining, charset-mapped, insert mode,
+        no autowrap) takes pyte's own path, unchanged.
+        """
+        data = data.translate(self.g1_charset if self.charset else self.g0_charset)
+        mode = self.mode
+        if not (data.isascii() and data.isprintable()) or mo.IRM in mode or (mo.DECAWM not in mode):
+            # Already translated: draw with the identity charset to avoid a
+            # second translation.
+            saved = self.g0_charset, self.g1_charset
+            self.g0_charset = self.g1_charset = _IDENTITY
+            try:
+                super().draw(data)
+            finally:
+                self.g0_charset, self.g1_charset = saved
+            return
+        cursor = self.cursor
+        columns = self.columns
+        attrs = cursor.attrs
+        cells = self._cells.get(attrs)
+        if cells is None:
+            if len(self._cells) > 256:
+                self._cells.clear()
+            cells = self._cells[attrs] = {}
+        pos, end = 0, len(data)
+        while pos < end:
+            if cursor.x >= columns:
+                cursor.x = columns
+                self.dirty.add(cursor.y)
+                self.carriage_return()
+                self.linefeed()
+            line = self.buffer[cursor.y]
+            x = cursor.x
+            take = min(columns - x, end - pos)
+            for char in data[pos : pos + take]:
+                cell = cells.get(char)
+                if cell is None:
+                    cell = cells[char] = attrs._replace(data=char)
+                line[x] = cell
+                x += 1
+            cursor.x = x
+            pos += take
+        self.dirty.add(cursor.y)
 
     @property
     def in_alternate_screen(self) -> bool:

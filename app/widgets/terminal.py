@@ -95,7 +95,7 @@ _SELECTION = QColor(38, 79, 120, 150)
 _HEX6 = re.compile(r"[0-9a-fA-F]{6}")
 
 #: Parse at most this many bytes between budget checks.
-_SLICE = 4096
+_SLICE = 2048
 #: Time budget for one parse pass on the GUI thread, in seconds.
 _BUDGET = 0.008
 #: Delay that coalesces a burst of feed() calls into one parse + one repaint.
@@ -872,7 +872,9 @@ class TerminalWidget(QWidget):
 
     def _canvas_resized(self) -> None:
         width, height = self._canvas.width(), self._canvas.height()
-        if width <= 0 or height <= 0:
+        # A canvas never shown has Qt's placeholder geometry (100x30 px): it
+        # must not shrink the screen before the first real layout.
+        if width <= 0 or height <= 0 or not self._canvas.isVisible():
             return
         cols = max(2, int(width // self._cell_w))
         rows = max(1, int(height // self._cell_h))
