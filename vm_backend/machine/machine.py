@@ -25,7 +25,9 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import os
 import shutil
+import stat
 import subprocess
 import threading
 import time
@@ -276,8 +278,14 @@ class Machine:
         image = self._require_image()
         self.paths.ensure()
         with self._guard, MachineLock(self.paths.lock_file, self.lock_timeout):
-            if self._proc is not None and not self._proc.exited:
-                return self.status()
+            proc = self._proc
+            if proc is not None and not proc.exited:
+                if self._state is not MachineState.CRASHED:
+                    return self.status()
+                # QMP dropped before the exit was reaped (or QEMU hangs without its
+                # monitor): make sure the old process is gone before booting anew.
+                if not proc.wait(2.0):
+                    proc.kill()
             if self._attach_existing():
                 return self.status()
             spec = self.spec
@@ -390,6 +398,7 @@ class Machine:
                     "QEMU failed to start.",
                     "See the QEMU output below and qemu.log in the machine's folder.",
                 ) from exc
+            _tighten_sockets(self.paths)
             self._ssh_port = port
             if port != spec.ssh_port and spec.ssh_port != 0:
                 log.info("SSH port %d was busy; using %d", spec.ssh_port, port)
@@ -410,14 +419,14 @@ class Machine:
             return proc
         raise MachineError("No free SSH port could be found.", "Close other VMs and retry.")
 
-    def _connect_channels(self, proc: QemuProcess) -> None:
+    def _connect_channels(self, proc: QemuProcess, timeout: float = 10.0) -> None:
         def alive() -> bool:
             return not proc.exited
 
         qmp = SyncQmp(self._loop_thread(), f"berth-{self.name}")
         qmp.on_event(self._on_qmp_event)
         qmp.on_disconnect(self._on_qmp_lost)
-        self._qmp_ready_s = qmp.connect(self.paths.qmp_address, timeout=10.0, alive=alive)
+        self._qmp_ready_s = qmp.connect(self.paths.qmp_address, timeout=timeout, alive=alive)
         self._qmp = qmp
         console = SerialConsole(self.paths.console_address, self.paths.console_log)
         console.on_marker(self._on_marker)
@@ -513,9 +522,11 @@ class Machine:
                 self._accel = AccelChoice(Accelerator(record.accelerator), record.accel_reason)
         self._requested_stop = False
         try:
-            self._connect_channels(proc)
+            self._connect_channels(proc, timeout=3.0)
         except BerthError as exc:
-            self._set_state(MachineState.RUNNING, f"attached without control channel: {exc}")
+            # Typically another berthd holds QMP: report the VM as running, uncontrolled.
+            self._detach()
+            self._set_state(MachineState.RUNNING, f"running, but not controllable: {exc.message}")
             return True
         qmp = self._qmp
         paused = False
@@ -749,6 +760,17 @@ class Machine:
             if self._owns_loop and self._loop is not None:
                 self._loop.stop()
                 self._loop = None
+
+
+def _tighten_sockets(paths: MachinePaths) -> None:
+    """QEMU creates sockets 0777 & ~umask (0700 under our 077): make them plain 0600.
+
+    The 0700 run dir is the real barrier; this keeps the sockets private on their own too.
+    """
+    for path in paths.socket_files():
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(path.lstat().st_mode):
+                os.chmod(path, 0o600)
 
 
 def _qemu_img(args: list[str]) -> None:

@@ -119,6 +119,8 @@ class QemuProcess:
             # Own session: a Ctrl-C in berthd's terminal must not kill the VM, which
             # outlives the daemon by design.
             kwargs["start_new_session"] = True
+            # QEMU creates its sockets and pid file with the umask: make them 0600.
+            kwargs["umask"] = 0o077
         try:
             popen = subprocess.Popen(  # argv list, never a shell
                 list(argv),

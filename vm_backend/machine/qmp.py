@@ -122,7 +122,18 @@ class QmpMonitor:
                 continue
             client = QMPClient(self._name)
             try:
-                await client.connect(address)
+                # Bounded: QEMU serves one QMP client per socket, so when another program
+                # holds it the kernel accepts our connection but no greeting ever comes.
+                await asyncio.wait_for(
+                    client.connect(address), max(0.1, deadline - time.monotonic())
+                )
+            except TimeoutError as exc:
+                with contextlib.suppress(QMPError, OSError, AssertionError):
+                    await client.disconnect()
+                raise QmpError(
+                    f"QEMU's control socket {address} did not answer within {timeout:.0f} s.",
+                    "Another program may be connected to it (QEMU serves one at a time).",
+                ) from exc
             except (QMPError, OSError) as exc:
                 last_error = exc
                 with contextlib.suppress(QMPError, OSError):
@@ -162,14 +173,13 @@ class QmpMonitor:
             state = await client.runstate_changed()
             if state is Runstate.DISCONNECTING or state is Runstate.IDLE:
                 break
-        if not self._closing:
-            for callback in list(self._disconnect_callbacks):
-                try:
-                    callback()
-                except Exception:
-                    log.exception("QMP disconnect callback failed")
-            with contextlib.suppress(QMPError, OSError, EOFError, ConnectionError):
-                await client.disconnect()
+        if self._closing:
+            return  # close() disconnects
+        for callback in list(self._disconnect_callbacks):
+            try:
+                callback()
+            except Exception:
+                log.exception("QMP disconnect callback failed")
 
     async def execute(
         self, command: str, arguments: Mapping[str, object] | None = None,
@@ -214,15 +224,19 @@ class QmpMonitor:
     async def close(self) -> None:
         self._closing = True
         client, self._client = self._client, None
-        if client is not None:
-            with contextlib.suppress(QMPError, OSError, EOFError, ConnectionError):
-                await client.disconnect()
+        # Stop our watcher first so only one coroutine ever calls disconnect(): qemu.qmp
+        # asserts on concurrent disconnects.
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            with contextlib.suppress(asyncio.CancelledError, QMPError, OSError):
                 await task
         self._tasks = []
+        if client is not None:
+            # AssertionError: qemu.qmp's cleanup asserts its runstate, which a connection
+            # already torn down by the peer (QEMU killed) can violate.
+            with contextlib.suppress(QMPError, OSError, EOFError, ConnectionError, AssertionError):
+                await client.disconnect()
 
 
 class SyncQmp:
