@@ -738,8 +738,12 @@ class LogToolbar(QWidget):
         super().__init__(parent)
         self._view = view
         model = view.log_model()
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(2, 2, 2, 2)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(2, 2, 2, 2)
+        outer.setSpacing(2)
+        layout = QHBoxLayout()
+        layout.setContentsMargins(0, 0, 0, 0)
+        outer.addLayout(layout)
 
         self.follow = QToolButton(self)
         self.follow.setText(self.tr("Follow"))
@@ -758,17 +762,21 @@ class LogToolbar(QWidget):
         self.filter_edit = QLineEdit(self)
         self.filter_edit.setPlaceholderText(self.tr("Filter (show matching lines)"))
         self.filter_edit.setClearButtonEnabled(True)
-        self.filter_edit.setMinimumWidth(220)
+        self.filter_edit.setMinimumWidth(180)
         self.regex = QCheckBox(self.tr("Regex"), self)
         self.case = QCheckBox(self.tr("Match case"), self)
         self.highlight_edit = QLineEdit(self)
         self.highlight_edit.setPlaceholderText(self.tr("Highlight"))
         self.highlight_edit.setClearButtonEnabled(True)
-        self.highlight_edit.setMinimumWidth(140)
+        self.highlight_edit.setMinimumWidth(110)
 
         self.message = QLabel(self)
         self.message.setStyleSheet("color: #c0392b;")
         self.message.setTextFormat(Qt.TextFormat.PlainText)
+        # Its own row under the controls, shown only with a message: a long
+        # regex error must neither widen the panel nor squeeze the controls.
+        self.message.setWordWrap(True)
+        self.message.hide()
         self.dropped = QLabel(self)
         self.dropped.setTextFormat(Qt.TextFormat.PlainText)
 
@@ -785,19 +793,20 @@ class LogToolbar(QWidget):
         self.clear.setToolTip(self.tr("Empty the buffer (the container's log is untouched)"))
         self.clear.clicked.connect(model.clear)
 
-        for widget in (
+        controls: list[QWidget] = [
             self.follow,
             self.timestamps,
             self.filter_edit,
             self.regex,
             self.case,
             self.highlight_edit,
-            self.message,
-        ):
+        ]
+        for widget in controls:
             layout.addWidget(widget)
         layout.addStretch(1)
         for widget in (self.dropped, self.copy, self.save, self.clear):
             layout.addWidget(widget)
+        outer.addWidget(self.message)
 
         self.filter_edit.textChanged.connect(self._apply_filter)
         self.regex.toggled.connect(self._apply_filter)
@@ -816,9 +825,9 @@ class LogToolbar(QWidget):
                 case_sensitive=self.case.isChecked(),
             )
         except re.error as exc:
-            self.message.setText(self.tr("Invalid regex: {0} (filter unchanged)").format(exc))
+            self._show_message(self.tr("Invalid regex: {0} (filter unchanged)").format(exc))
             return
-        self.message.clear()
+        self._show_message("")
 
     def _apply_highlight(self) -> None:
         try:
@@ -828,9 +837,13 @@ class LogToolbar(QWidget):
                 case_sensitive=self.case.isChecked(),
             )
         except re.error as exc:
-            self.message.setText(self.tr("Invalid regex: {0} (highlight unchanged)").format(exc))
+            self._show_message(self.tr("Invalid regex: {0} (highlight unchanged)").format(exc))
             return
-        self.message.clear()
+        self._show_message("")
+
+    def _show_message(self, text: str) -> None:
+        self.message.setText(text)
+        self.message.setVisible(bool(text))
 
     def _show_dropped(self, count: int) -> None:
         self.dropped.setText(self.tr("{0:,} lines dropped").format(count) if count else "")
