@@ -8,9 +8,11 @@ every (re)connect and every ``reconcile_interval`` seconds it re-lists everythin
 consumers always end equal to the engine's truth. Diffs that no event announced are
 counted in ``reconciled_without_event``.
 
-Two threads: a reader that only reads events (so we are never a slow subscriber) and a
-worker that lists, diffs and calls the listener. Listener callbacks run on the worker
-thread; a GUI bridges them to its own thread.
+Three threads: a reader that only reads events (so we are never a slow subscriber: dockerd
+skips a subscriber that takes more than 100 ms per event), a worker that lists, diffs and
+calls ``on_diff``/``on_connection``, and a dispatcher that hands events to ``on_event``
+from a bounded queue (a slow ``on_event`` delays only itself; overflow is counted in
+``events_dropped``). A GUI bridges the callbacks to its own thread.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
@@ -32,6 +35,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 KINDS = ("container", "image", "volume", "network")
+MAX_PENDING_EVENTS = 10_000
 # Event types whose actions change the listed state of that kind.
 _STATE_ACTIONS = {
     "container": {
@@ -143,32 +147,47 @@ class EngineMonitor:
         kinds: Iterable[str] = KINDS,
         reconcile_interval: float = 30.0,
         retry_interval: float = 0.2,
+        settle_delay: float = 0.25,
     ) -> None:
         self.client = client
         self.listener = listener
         self.kinds = tuple(k for k in KINDS if k in set(kinds))
         self.reconcile_interval = reconcile_interval
         self.retry_interval = retry_interval
+        self.settle_delay = settle_delay
         self.tables: dict[str, _Table[Any]] = {k: _Table(_key_of) for k in self.kinds}
         self.connected = False
         self._reason = ""
         self.reconnects = 0
         self.reconciled_without_event = 0
         self.events_seen = 0
+        self.events_dropped = 0  # events on_event never saw because it fell behind
+        self._ever_connected = False
+        self._events: deque[Event] = deque()
+        self._events_cond = threading.Condition()
         self._stop = threading.Event()
         self._cond = threading.Condition()
         self._dirty_kinds: set[str] = set()
         self._dirty_containers: set[str] = set()
         self._full_pending = False  # the reader asks for one on connect
+        # dockerd publishes some events (pause, unpause...) before its list view has the new
+        # state; what an event refreshed is listed once more after settle_delay.
+        self._recheck_ids: set[str] = set()
+        self._recheck_kinds: set[str] = set()
+        self._recheck_due: float | None = None
         self._stream: Stream[Event] | None = None
         self._last_event_time: float | None = None
         self._reader = threading.Thread(target=self._read_loop, name="berth-events", daemon=True)
         self._worker = threading.Thread(target=self._work_loop, name="berth-sync", daemon=True)
+        self._dispatcher = threading.Thread(
+            target=self._dispatch_loop, name="berth-event-dispatch", daemon=True
+        )
 
     # ---- public ---------------------------------------------------------------------------
     def start(self) -> None:
         self._reader.start()
         self._worker.start()
+        self._dispatcher.start()
 
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
@@ -177,7 +196,9 @@ class EngineMonitor:
             stream.close()
         with self._cond:
             self._cond.notify_all()
-        for t in (self._reader, self._worker):
+        with self._events_cond:
+            self._events_cond.notify_all()
+        for t in (self._reader, self._worker, self._dispatcher):
             if t.is_alive() and t is not threading.current_thread():
                 t.join(timeout)
 
@@ -206,8 +227,10 @@ class EngineMonitor:
                 delay = min(delay * 2, 0.5)
                 continue
             delay = self.retry_interval
-            if self.connected:
+            # (self.connected is already False after a drop, so it cannot tell us this.)
+            if self._ever_connected:
                 self.reconnects += 1
+            self._ever_connected = True
             self._set_connected(True, "")
             self.request_reconcile()
             try:
@@ -234,10 +257,25 @@ class EngineMonitor:
                     # Volumes and images in use change with container removal.
                     self._dirty_kinds.update(k for k in ("image", "volume") if k in self.tables)
                 self._cond.notify_all()
-        try:
-            self.listener.on_event(event)
-        except Exception:
-            log.exception("event listener failed")
+        with self._events_cond:
+            if len(self._events) >= MAX_PENDING_EVENTS:
+                self._events.popleft()
+                self.events_dropped += 1
+            self._events.append(event)
+            self._events_cond.notify()
+
+    def _dispatch_loop(self) -> None:
+        while True:
+            with self._events_cond:
+                while not self._events and not self._stop.is_set():
+                    self._events_cond.wait()
+                if self._stop.is_set():
+                    return
+                event = self._events.popleft()
+            try:
+                self.listener.on_event(event)
+            except Exception:
+                log.exception("event listener failed")
 
     def _set_connected(self, connected: bool, reason: str) -> None:
         if connected == self.connected and reason == self._reason:
@@ -253,16 +291,26 @@ class EngineMonitor:
     def _work_loop(self) -> None:
         next_reconcile = time.monotonic() + self.reconcile_interval
         while not self._stop.is_set():
+            rechecked_ids: set[str] = set()
+            rechecked_kinds: set[str] = set()
             with self._cond:
-                while (
-                    not (self._full_pending or self._dirty_kinds or self._dirty_containers)
-                    and not self._stop.is_set()
-                ):
-                    remaining = next_reconcile - time.monotonic()
-                    if remaining <= 0:
+                while not self._stop.is_set():
+                    now = time.monotonic()
+                    if self._recheck_due is not None and now >= self._recheck_due:
+                        rechecked_ids, self._recheck_ids = self._recheck_ids, set()
+                        rechecked_kinds, self._recheck_kinds = self._recheck_kinds, set()
+                        self._recheck_due = None
+                        self._dirty_containers |= rechecked_ids
+                        self._dirty_kinds |= rechecked_kinds
+                    if self._full_pending or self._dirty_kinds or self._dirty_containers:
+                        break
+                    if now >= next_reconcile:
                         self._full_pending = True
                         break
-                    self._cond.wait(remaining)
+                    due = next_reconcile
+                    if self._recheck_due is not None:
+                        due = min(due, self._recheck_due)
+                    self._cond.wait(due - now)
                 if self._stop.is_set():
                     return
                 full = self._full_pending
@@ -289,6 +337,17 @@ class EngineMonitor:
                 continue
             if full:
                 next_reconcile = time.monotonic() + self.reconcile_interval
+            else:
+                self._schedule_recheck(ids - rechecked_ids, kinds - rechecked_kinds)
+
+    def _schedule_recheck(self, ids: set[str], kinds: set[str]) -> None:
+        if not (ids or kinds) or self.settle_delay <= 0:
+            return
+        with self._cond:
+            self._recheck_ids |= ids
+            self._recheck_kinds |= kinds
+            if self._recheck_due is None:
+                self._recheck_due = time.monotonic() + self.settle_delay
 
     def _lister(self, kind: str) -> Callable[[], list[Any]]:
         listers: dict[str, Callable[[], list[Any]]] = {
