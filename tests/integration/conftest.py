@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
+import tempfile
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -118,3 +122,86 @@ def make_container(client: EngineClient, test_image: str) -> Iterator[MakeContai
         for c in client.api.containers(all=True, filters={"label": "berth.test=engine"}):
             with contextlib.suppress(Exception):
                 client.api.remove_container(c["Id"], force=True, v=True)
+
+
+class FaultProxy:
+    """A unix-socket proxy in front of an engine that can cut every connection at once.
+
+    ``cut()`` shuts down both sides of each open connection (the client sees the stream
+    end, like podman-desktop#14877's graceful end); new connections keep working.
+    """
+
+    def __init__(self, upstream: str, path: str) -> None:
+        self.upstream = upstream.removeprefix("unix://")
+        self.path = path
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(path)
+        self._listener.listen(64)
+        self._lock = threading.Lock()
+        self._open: list[socket.socket] = []
+        self._closed = False
+        self.cuts = 0
+        threading.Thread(target=self._accept_loop, name="fault-proxy", daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.path}"
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                down, _ = self._listener.accept()
+            except OSError:
+                return
+            up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                up.connect(self.upstream)
+            except OSError:
+                down.close()
+                up.close()
+                continue
+            with self._lock:
+                self._open += [down, up]
+            for src, dst in ((down, up), (up, down)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        with self._lock:
+            conns, self._open = self._open, []
+            self.cuts += 1
+        for s in conns:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def close(self) -> None:
+        self._listener.close()
+        self.cut()
+
+
+@pytest.fixture
+def fault_proxy(engine_url: str) -> Iterator[FaultProxy]:
+    d = tempfile.mkdtemp(prefix="bp", dir="/tmp")
+    proxy = FaultProxy(engine_url, os.path.join(d, "engine.sock"))
+    yield proxy
+    proxy.close()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(interval)
+    return pred()
