@@ -1,0 +1,211 @@
+#!/bin/sh
+# Berth guest boot sequence: busybox init runs this as ::sysinit, so the
+# console getty (::respawn) only starts once it has finished (ready or failed).
+#
+# Stages reported on the console, in order:
+#   init (printed by the initramfs), network, datadisk, sshd, engine, agent, ready
+set -u
+# shellcheck source=vm_backend/guest/init/lib.sh
+. /usr/lib/berth/init/lib.sh
+
+# --------------------------------------------------------------------------
+# Early system setup (still part of the "init" stage).
+# --------------------------------------------------------------------------
+mount -t proc -o nosuid,nodev,noexec proc /proc
+mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
+mountpoint -q /dev || mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm
+mount -t devpts -o gid=5,mode=0620,ptmxmode=0666 devpts /dev/pts
+mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs /dev/shm
+mount -t tmpfs -o nosuid,nodev,mode=0755 tmpfs /run
+mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup
+mountpoint -q /sys/kernel/security || mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
+mkdir -p /run/lock /run/sshd "$BERTH_RUN/config" "$BERTH_LOG"
+
+data_dev=/dev/vdb
+engine_timeout=600
+read -r cmdline < /proc/cmdline
+# shellcheck disable=SC2086 # split the command line into words
+for arg in $cmdline; do
+    case "$arg" in
+        berth.data=*) data_dev=${arg#berth.data=} ;;
+        berth.engine_timeout=*) engine_timeout=${arg#berth.engine_timeout=} ;;
+    esac
+done
+case "$engine_timeout" in
+    ''|*[!0-9]*) engine_timeout=600 ;;
+esac
+
+chmod 0700 "$BERTH_RUN" "$BERTH_RUN/config"
+ln -sf /proc/self/fd /dev/fd
+ln -sf /proc/self/fd/0 /dev/stdin
+ln -sf /proc/self/fd/1 /dev/stdout
+ln -sf /proc/self/fd/2 /dev/stderr
+
+# Load drivers for every device present (no udev: one coldplug pass), plus the
+# input event interface the power-button daemon reads.
+find /sys/devices -name modalias -type f -exec cat {} + 2>/dev/null | sort -u \
+    > "$BERTH_RUN/modaliases"
+xargs modprobe -qab < "$BERTH_RUN/modaliases" 2>/dev/null
+modprobe -qa evdev button ext4 2>/dev/null
+
+# Per-VM configuration from QEMU fw_cfg: keep a root-only copy for the agent.
+modprobe -q qemu_fw_cfg 2>/dev/null
+if [ -d "$BERTH_FWCFG" ]; then
+    for keydir in "$BERTH_FWCFG"/*; do
+        [ -d "$keydir" ] || continue
+        berth_fwcfg "${keydir##*/}" "$BERTH_RUN/config/${keydir##*/}" || true
+    done
+else
+    berth_warn init "no-fw_cfg-config: using defaults (hostname berth, generated host key, no authorized key)"
+fi
+
+hostname=berth
+if [ -s "$BERTH_RUN/config/hostname" ]; then
+    want=$(tr -d ' \t\r\n' < "$BERTH_RUN/config/hostname")
+    case "$want" in
+        ''|*[!A-Za-z0-9.-]*|-*) berth_warn init "invalid-hostname: using berth" ;;
+        *) hostname=$(printf '%s' "$want" | cut -c1-63) ;;
+    esac
+else
+    berth_warn init "no-hostname-in-fw_cfg: using berth"
+fi
+printf '%s\n' "$hostname" > /etc/hostname
+hostname "$hostname"
+
+# ACPI power button (QMP system_powerdown) -> /etc/acpi/PWRF/00000080 -> poweroff.
+busybox acpid -c /etc/acpi -l "$BERTH_LOG/acpid.log" -p /run/acpid.pid
+
+# --------------------------------------------------------------------------
+# network: QEMU user-mode networking (slirp) defaults.
+# --------------------------------------------------------------------------
+ip link set lo up
+find_iface() {
+    for n in /sys/class/net/*; do
+        n=${n##*/}
+        [ "$n" = lo ] && continue
+        [ -e "/sys/class/net/$n/device" ] || continue
+        printf '%s' "$n"
+        return 0
+    done
+    return 1
+}
+berth_wait 10 find_iface || berth_fail network no-network-interface
+iface=$(find_iface)
+ip link set "$iface" up || berth_fail network "cannot-bring-up-$iface"
+ip addr add 10.0.2.15/24 dev "$iface" || berth_fail network cannot-set-address
+ip route add default via 10.0.2.2 dev "$iface" || berth_fail network cannot-set-route
+printf 'nameserver 10.0.2.3\n' > /etc/resolv.conf
+printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' \
+    "$hostname" > /etc/hosts
+berth_stage network
+
+# --------------------------------------------------------------------------
+# datadisk: persistent ext4 on the second virtio disk, grown when enlarged.
+# --------------------------------------------------------------------------
+berth_wait 10 test -b "$data_dev" || berth_fail datadisk "no-data-disk:$data_dev"
+fstype=$(blkid -p -o value -s TYPE "$data_dev" 2>/dev/null)
+pttype=$(blkid -p -o value -s PTTYPE "$data_dev" 2>/dev/null)
+if [ -z "$fstype" ] && [ -z "$pttype" ]; then
+    berth_info datadisk "formatting-empty-disk $data_dev"
+    mkfs.ext4 -q -F -L berth-data -m 0 -E lazy_itable_init=1,lazy_journal_init=1 "$data_dev" \
+        > "$BERTH_LOG/mkfs.log" 2>&1 || berth_fail datadisk mkfs-failed "$BERTH_LOG/mkfs.log"
+elif [ "$fstype" = ext4 ]; then
+    e2fsck -p "$data_dev" > "$BERTH_LOG/fsck.log" 2>&1
+    rc=$?
+    # 0: clean, 1: errors corrected; anything else needs a human.
+    [ "$rc" -le 1 ] || berth_fail datadisk "fsck-failed-rc$rc" "$BERTH_LOG/fsck.log"
+else
+    berth_fail datadisk "refusing-foreign-disk:type=${fstype:-none},pttype=${pttype:-none}"
+fi
+mount -t ext4 -o noatime "$data_dev" /mnt/data || berth_fail datadisk mount-failed
+# Online grow; a no-op when the filesystem already fills the disk.
+resize2fs "$data_dev" > "$BERTH_LOG/resize2fs.log" 2>&1 \
+    || berth_warn datadisk "resize2fs-failed (see $BERTH_LOG/resize2fs.log)"
+format_file=/mnt/data/.berth-data-format
+if [ -f "$format_file" ]; then
+    fmt=$(cat "$format_file")
+    case "$fmt" in
+        1) ;;
+        *) umount /mnt/data; berth_fail datadisk "unsupported-data-disk-format:$fmt" ;;
+    esac
+else
+    printf '1\n' > "$format_file"
+fi
+mkdir -p /mnt/data/docker /mnt/data/berth
+chmod 0710 /mnt/data/docker
+chmod 0700 /mnt/data/berth
+mount --bind /mnt/data/docker /var/lib/docker || berth_fail datadisk bind-docker-failed
+mount --bind /mnt/data/berth /var/lib/berth || berth_fail datadisk bind-berth-failed
+berth_stage datadisk
+
+# --------------------------------------------------------------------------
+# sshd: key-only root login; host key generated by the host, given via fw_cfg.
+# --------------------------------------------------------------------------
+hostkey=/etc/ssh/ssh_host_ed25519_key
+rm -f "$hostkey" "$hostkey.pub"
+if [ -s "$BERTH_RUN/config/ssh_host_ed25519_key" ]; then
+    (umask 077 && tr -d '\r' < "$BERTH_RUN/config/ssh_host_ed25519_key" > "$hostkey")
+    if ! ssh-keygen -y -f "$hostkey" > "$hostkey.pub" 2>/dev/null; then
+        berth_fail sshd invalid-ssh_host_ed25519_key
+    fi
+else
+    berth_warn sshd "no-host-key-in-fw_cfg: generating an unpinned one"
+    ssh-keygen -q -t ed25519 -N '' -f "$hostkey" || berth_fail sshd cannot-generate-host-key
+fi
+install -d -m 0700 /root/.ssh
+if [ -s "$BERTH_RUN/config/authorized_keys" ]; then
+    (umask 077 && tr -d '\r' < "$BERTH_RUN/config/authorized_keys" > /root/.ssh/authorized_keys)
+else
+    berth_warn sshd "no-authorized_keys-in-fw_cfg: ssh login impossible"
+    : > /root/.ssh/authorized_keys
+    chmod 0600 /root/.ssh/authorized_keys
+fi
+/usr/sbin/sshd -t > "$BERTH_LOG/sshd-check.log" 2>&1 \
+    || berth_fail sshd bad-sshd-config "$BERTH_LOG/sshd-check.log"
+# sshd binds port 22 before it daemonises, so it accepts connections from here on.
+/usr/sbin/sshd -E "$BERTH_LOG/sshd.log" || berth_fail sshd sshd-failed "$BERTH_LOG/sshd.log"
+berth_stage sshd
+
+# --------------------------------------------------------------------------
+# engine: dockerd on the unix socket only (never TCP).
+# --------------------------------------------------------------------------
+# shellcheck disable=SC3045 # dash (/bin/sh) supports ulimit -n
+ulimit -n 1048576 2>/dev/null || true
+setsid /usr/sbin/dockerd -H unix:///var/run/docker.sock --data-root /var/lib/docker \
+    --exec-root /run/docker --pidfile /run/docker.pid \
+    --log-driver json-file --log-opt max-size=10m --log-opt max-file=3 \
+    < /dev/null > "$BERTH_LOG/dockerd.log" 2>&1 &
+echo $! > "$BERTH_RUN/dockerd.pid"
+engine_ok() {
+    docker version --format '{{.Server.Version}}' > /dev/null 2>&1
+}
+dockerd_alive() {
+    kill -0 "$(cat "$BERTH_RUN/dockerd.pid")" 2>/dev/null
+}
+n=0
+until engine_ok; do
+    dockerd_alive || berth_fail engine dockerd-exited "$BERTH_LOG/dockerd.log"
+    n=$((n + 1))
+    [ "$n" -lt $((engine_timeout * 5)) ] || berth_fail engine "timeout-${engine_timeout}s" "$BERTH_LOG/dockerd.log"
+    sleep 0.2
+done
+berth_stage engine
+
+# --------------------------------------------------------------------------
+# agent: Berth's guest agent, when the image ships one.
+# --------------------------------------------------------------------------
+if [ -f /usr/lib/berth/agent.py ]; then
+    setsid /usr/bin/python3 /usr/lib/berth/agent.py \
+        < /dev/null > "$BERTH_LOG/agent.log" 2>&1 &
+    echo $! > "$BERTH_RUN/agent.pid"
+    sleep 0.5
+    kill -0 "$(cat "$BERTH_RUN/agent.pid")" 2>/dev/null \
+        || berth_fail agent agent-exited "$BERTH_LOG/agent.log"
+else
+    berth_info agent "not-installed"
+fi
+berth_stage agent
+
+berth_stage ready
+exit 0
