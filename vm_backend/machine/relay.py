@@ -257,6 +257,10 @@ class _Connection:
             self._finished = True
             chan = self.chan
         if chan is not None:
+            if chan.recv_stderr_ready():
+                # Only an exec'd relay (dial-stdio) has stderr; it explains an early EOF.
+                err = chan.recv_stderr(4096).decode("utf-8", "replace").strip()
+                log.warning("engine socket: guest relay command said: %s", err)
             chan.close()
         with contextlib.suppress(OSError):
             self.client.close()
