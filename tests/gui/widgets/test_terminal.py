@@ -84,7 +84,9 @@ def test_alternate_screen_restores_main(term: TerminalWidget) -> None:
 
 def test_only_dirty_lines_repainted(term: TerminalWidget, qtbot: Any) -> None:
     fed(term, b"a\r\nb\r\nc")
-    qtbot.waitUntil(lambda: not term._timer.isActive())
+    # Flush the first full paint of the freshly shown widget before spying.
+    term._canvas.repaint()
+    QGuiApplication.processEvents()
     painted: list[Any] = []
     original = term._paint
 
