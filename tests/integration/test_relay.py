@@ -10,6 +10,7 @@ dockerd on /var/run/docker.sock and the berth-test/busybox image (.ci/services.s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -100,6 +101,16 @@ def relay(
         r.stop()
 
 
+def remove_test_containers() -> None:
+    api = docker.APIClient(base_url=f"unix://{DOCKER_SOCK}")
+    try:
+        for c in api.containers(all=True, filters={"label": "berth-test=relay"}):
+            with contextlib.suppress(docker.errors.NotFound):
+                api.remove_container(c["Id"], force=True)
+    finally:
+        api.close()
+
+
 @pytest.fixture
 def client(relay: EngineSocketRelay) -> Iterator[docker.DockerClient]:
     c = docker.DockerClient(base_url=relay.url, timeout=60)
@@ -107,10 +118,7 @@ def client(relay: EngineSocketRelay) -> Iterator[docker.DockerClient]:
         yield c
     finally:
         c.close()
-        for container in docker.DockerClient(base_url=f"unix://{DOCKER_SOCK}").containers.list(
-            all=True, filters={"label": "berth-test=relay"}
-        ):
-            container.remove(force=True)
+        remove_test_containers()
 
 
 def run_detached(client: docker.DockerClient, *cmd: str, **kw: object) -> Container:
@@ -257,8 +265,7 @@ def test_clients_dying_mid_stream_leak_nothing(relay: EngineSocketRelay) -> None
     try:
         _dying_clients(direct, relay)
     finally:
-        for c in direct.containers.list(all=True, filters={"label": "berth-test=relay"}):
-            c.remove(force=True)
+        remove_test_containers()
         direct.close()
 
 
