@@ -420,3 +420,27 @@ def test_connect_waits_for_a_booting_guest(tmp_path: Path) -> None:
         timer.join()
         for server in started:
             server.stop()
+
+
+def test_relay_serves_again_after_a_reconnect(tmp_path: Path) -> None:
+    server = start_sshd(tmp_path / "sshd")
+    ssh = GuestSSH(
+        server.port, server.keys.client.private_path, server.keys.host.public_openssh,
+        backoff_initial_s=0.05,
+    )
+    relay = EngineSocketRelay(ssh, tmp_path / "run" / "docker.sock")
+    try:
+        ssh.connect()
+        relay.start()
+        assert _ping_new_connection(str(relay.socket_path)).endswith(b"OK")
+        for child in psutil.Process(server.proc.pid).children(recursive=True):
+            child.kill()
+        # A client arriving while the transport is down waits for the reconnect (bounded
+        # by connect_timeout_s) instead of failing.
+        assert _ping_new_connection(str(relay.socket_path)).endswith(b"OK")
+        assert ssh.state is SSHState.CONNECTED
+        wait_until(lambda: relay.active_connections == 0, what="connections to finish")
+    finally:
+        relay.stop()
+        ssh.close()
+        server.stop()

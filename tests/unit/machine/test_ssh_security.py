@@ -65,19 +65,31 @@ class _Server(paramiko.ServerInterface):
 
 @dataclass
 class FakeSSHServer:
+    """A listening fake sshd; its host key can be swapped to play an impostor later."""
+
     port: int
     log: FakeServerLog
-    host_key_path: Path
+    host_key: paramiko.PKey
+    transports: list[paramiko.Transport] = field(default_factory=list)
+
+    def become_impostor(self, key_path: Path) -> None:
+        """From now on answer with another host key, and drop current connections."""
+        self.host_key = paramiko.Ed25519Key.from_private_key_file(str(key_path))
+        self.log.auth_attempts.clear()
+        self.log.channel_requests.clear()
+        for transport in self.transports:
+            transport.close()
 
 
-def _serve(listener: socket.socket, host_key: paramiko.PKey, server: _Server) -> None:
+def _serve(listener: socket.socket, fake: FakeSSHServer, server: _Server) -> None:
     while True:
         try:
             conn, _ = listener.accept()
         except OSError:
             return
         transport = paramiko.Transport(conn)
-        transport.add_server_key(host_key)
+        transport.add_server_key(fake.host_key)
+        fake.transports.append(transport)
         try:
             transport.start_server(server=server)
         except (paramiko.SSHException, EOFError, OSError):
@@ -91,14 +103,17 @@ def fake_server(tmp_path: Path, keys: MachineKeys, host_key_path: Path) -> Itera
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
+    fake = FakeSSHServer(listener.getsockname()[1], log, host_key)
     thread = threading.Thread(
-        target=_serve, args=(listener, host_key, _Server(log, client_pub)), daemon=True
+        target=_serve, args=(listener, fake, _Server(log, client_pub)), daemon=True
     )
     thread.start()
     try:
-        yield FakeSSHServer(listener.getsockname()[1], log, host_key_path)
+        yield fake
     finally:
         listener.close()
+        for transport in fake.transports:
+            transport.close()
 
 
 @pytest.fixture
@@ -156,6 +171,29 @@ def test_mismatch_is_not_retried_even_when_asked_to_wait(
         ssh.connect(retry_for_s=30)
     assert time.monotonic() - started < 10
     assert impostor.log.auth_attempts == []
+
+
+def test_reconnect_to_an_impostor_is_refused_too(
+    genuine: FakeSSHServer, keys: MachineKeys, tmp_path: Path
+) -> None:
+    """The pin holds on every reconnect, not only the first connection."""
+    ssh = GuestSSH(
+        genuine.port, keys.client.private_path, keys.host.public_openssh,
+        backoff_initial_s=0.05, connect_timeout_s=3,
+    )
+    with ssh:
+        assert ssh.exec(["first"]).rc == 0
+        other = generate_keypair(tmp_path / "imp" / "ssh_host_ed25519_key", "impostor")
+        genuine.become_impostor(other.private_path)
+        deadline = time.monotonic() + 10
+        while not isinstance(ssh.last_error, HostKeyMismatchError):
+            assert time.monotonic() < deadline, "the reconnect never met the impostor"
+            time.sleep(0.02)
+        with pytest.raises(HostKeyMismatchError):
+            ssh.exec(["second"])
+    assert genuine.log.auth_attempts == []
+    assert genuine.log.channel_requests == []
+    assert b"second" not in b"".join(genuine.log.exec_requests)
 
 
 def test_unreachable_port_says_what_to_do(keys: MachineKeys) -> None:
