@@ -141,7 +141,8 @@ class LineChart(QWidget):
             )
         # Time axis: "now" on the right, minutes back to the left.
         span = self.capacity * self.interval
-        ticks = 4
+        # Whole minutes read best ("-3 min, -2 min, -1 min, now") when the span allows it.
+        ticks = int(span // 60) if span % 60 == 0 and 2 <= span // 60 <= 6 else 4
         for k in range(ticks + 1):
             xk = plot.left() + plot.width() * k / ticks
             seconds = span * (ticks - k) / ticks

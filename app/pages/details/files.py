@@ -329,7 +329,9 @@ class FilesTab(DetailsTab):
         self.view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.view.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.view.setSortingEnabled(True)
+        self.view.sortByColumn(0, Qt.SortOrder.AscendingOrder)  # Qt starts descending
         self.view.verticalHeader().setVisible(False)
+        self.view.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 6)
         self.view.setShowGrid(False)
         header = self.view.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
@@ -434,6 +436,7 @@ class FilesTab(DetailsTab):
         for row in range(self.model.rowCount()):
             if self.model.item(row, 0).text() == name:
                 self.view.selectRow(row)
+                self.view.scrollTo(self.model.index(row, 0))
                 return True
         return False
 
@@ -473,7 +476,8 @@ class FilesTab(DetailsTab):
         name.setData(entry.path, PATH_ROLE)
         name.setData(entry.is_dir, IS_DIR_ROLE)
         name.setData(f"{kind}{entry.name.lower()}", SORT_ROLE)
-        size = QStandardItem("" if entry.is_dir else human_bytes(entry.size))
+        sized = not entry.is_dir and not entry.link_target  # links have no size of their own
+        size = QStandardItem(human_bytes(entry.size) if sized else "")
         size.setData(entry.size if not entry.is_dir else -1, SORT_ROLE)
         size.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         mode = QStandardItem(entry.mode)

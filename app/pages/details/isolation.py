@@ -363,8 +363,11 @@ class IsolationTab(DetailsTab):
         splitter = QSplitter(Qt.Orientation.Vertical, self)
         splitter.addWidget(self.namespaces)
         splitter.addWidget(self.facts)
-        splitter.setStretchFactor(0, 2)
-        splitter.setStretchFactor(1, 3)
+        splitter.setStretchFactor(0, 0)
+        splitter.setStretchFactor(1, 1)
+        # Eight namespace rows and a header: no more room than they need.
+        rows = self.namespaces.fontMetrics().height() + 4
+        splitter.setSizes([rows * (len(NAMESPACES) + 2), 10 * rows * 2])
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addLayout(head)

@@ -141,6 +141,7 @@ class StatsTab(DetailsTab):
         self.process_view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.process_view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.process_view.verticalHeader().setVisible(False)
+        self.process_view.setWordWrap(False)  # one process per line, long commands elided
         self.process_view.horizontalHeader().setSectionResizeMode(
             QHeaderView.ResizeMode.ResizeToContents
         )
@@ -157,7 +158,7 @@ class StatsTab(DetailsTab):
         splitter = QSplitter(Qt.Orientation.Vertical, self)
         splitter.addWidget(charts)
         splitter.addWidget(procs)
-        splitter.setStretchFactor(0, 3)
+        splitter.setStretchFactor(0, 2)
         splitter.setStretchFactor(1, 1)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
