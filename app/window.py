@@ -307,10 +307,12 @@ class MainWindow(QMainWindow):
             self.engine_state.setText(f"{desc} — connected")
         else:
             self.engine_state.setText(f"{desc} — unreachable")
+            reason = (reason or "The connection was lost.").strip()
+            if reason[-1] not in ".!?":
+                reason += "."
             self.banner.show_problem(
                 f"The engine {ep.name if ep else ''} does not answer.".replace("  ", " "),
-                f"{reason or 'The connection was lost.'} Berth keeps trying; "
-                "the list shows the last known state.",
+                f"{reason} Berth keeps trying; the list shows the last known state.",
             )
 
     def _session_failed(self, endpoint: Endpoint | None, reason: str) -> None:

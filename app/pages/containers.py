@@ -399,7 +399,14 @@ class ContainersPage(QWidget):
 
     # ---- session -------------------------------------------------------------------------
     def _set_session(self, session: EngineSession | None) -> None:
+        if self.session is not None:
+            try:
+                self.session.connection_changed.disconnect(self._connection_changed)
+            except (RuntimeError, TypeError):
+                pass  # the old session is already gone
         self.session = session
+        if session is not None:
+            session.connection_changed.connect(self._connection_changed)
         if self.pool is not None:
             self.pool.close()
             self.pool.deleteLater()
@@ -409,6 +416,10 @@ class ContainersPage(QWidget):
             self.pool = StatsPool(session.endpoint.url, self)
             self.pool.samples.connect(self.model.set_stats)
         self._model_changed()
+        self._stats_timer.start()
+
+    def _connection_changed(self, _connected: bool, _reason: str) -> None:
+        self._update_actions()
         self._stats_timer.start()
 
     # ---- stats ---------------------------------------------------------------------------
@@ -523,7 +534,7 @@ class ContainersPage(QWidget):
 
     def _update_actions(self) -> None:
         selected = self.selected_containers()
-        connected = self.session is not None
+        connected = self.session is not None and self.session.connected
         self.run_action.setEnabled(connected)
         for key, act in self.actions_by_key.items():
             spec = ACTIONS_BY_KEY[key]
