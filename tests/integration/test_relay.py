@@ -444,3 +444,27 @@ def test_relay_serves_again_after_a_reconnect(tmp_path: Path) -> None:
         relay.stop()
         ssh.close()
         server.stop()
+
+
+def test_connections_beyond_the_bound_are_refused(guest: GuestSSH, tmp_path: Path) -> None:
+    relay = EngineSocketRelay(guest, tmp_path / "run" / "docker.sock", max_connections=2)
+    relay.start()
+    held: list[socket.socket] = []
+    try:
+        for _ in range(2):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(str(relay.socket_path))
+            held.append(s)
+        wait_until(lambda: relay.active_connections == 2, what="two relayed connections")
+        with socket.socket(socket.AF_UNIX) as extra:
+            extra.connect(str(relay.socket_path))
+            extra.settimeout(10)
+            assert extra.recv(100) == b""  # closed at once, no channel opened for it
+        for s in held:
+            s.close()
+        wait_until(lambda: relay.active_connections == 0, what="slots to be released")
+        assert _ping_new_connection(str(relay.socket_path)).endswith(b"OK")
+    finally:
+        for s in held:
+            s.close()
+        relay.stop()
