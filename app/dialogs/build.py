@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.bridge import Op, user_message
-from app.dialogs.image_ops import plain_label
+from app.dialogs.image_ops import ErrorLabel, plain_label
 from vm_backend.engine.errors import EngineError
 from vm_backend.engine.specs import parse_image_ref
 from vm_backend.errors import InputError
@@ -87,8 +87,7 @@ class BuildDialog(QDialog):
         self.tag_edit.setPlaceholderText("myapp:latest")
         form.addRow("Tag:", self.tag_edit)
         layout.addLayout(form)
-        self.input_error = plain_label(wrap=True)
-        self.input_error.setStyleSheet("color: #c62828;")
+        self.input_error = ErrorLabel()
         layout.addWidget(self.input_error)
         self.log = QPlainTextEdit()
         self.log.setReadOnly(True)

@@ -58,6 +58,22 @@ def plain_label(text: str = "", *, selectable: bool = False, wrap: bool = False)
     return label
 
 
+class ErrorLabel(QLabel):
+    """A red plain-text message under a field that takes no room while empty."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setTextFormat(Qt.TextFormat.PlainText)
+        self.setWordWrap(True)
+        self.setStyleSheet("color: #c62828;")
+        self.setObjectName("fieldError")
+        self.hide()
+
+    def setText(self, text: str) -> None:
+        super().setText(text)
+        self.setVisible(bool(text))
+
+
 def show_error(parent: QWidget, title: str, text: str) -> QMessageBox:
     """A non-blocking warning whose text is plain (it often quotes the engine)."""
     box = QMessageBox(parent)
@@ -211,9 +227,7 @@ class TagDialog(QDialog):
         self.edit = QLineEdit()
         self.edit.setPlaceholderText("repository[:tag], e.g. myapp:1.0")
         layout.addWidget(self.edit)
-        self.error = plain_label(wrap=True)
-        self.error.setObjectName("fieldError")
-        self.error.setStyleSheet("color: #c62828;")
+        self.error = ErrorLabel()
         layout.addWidget(self.error)
         self.buttons = QDialogButtonBox(
             QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel

@@ -35,8 +35,8 @@ from PySide6.QtWidgets import (
 )
 
 from app.bridge import Op, user_message
-from app.dialogs.image_ops import plain_label
-from app.dialogs.volume_ops import ERROR_STYLE, parse_pairs
+from app.dialogs.image_ops import ErrorLabel, plain_label
+from app.dialogs.volume_ops import parse_pairs
 from vm_backend.engine.convert import network_from_api
 from vm_backend.engine.models import Container, Network
 from vm_backend.errors import InputError
@@ -129,8 +129,7 @@ class CreateNetworkDialog(QDialog):
         self.labels.setMaximumHeight(60)
         form.addRow("Labels:", self.labels)
         layout.addLayout(form)
-        self.error = plain_label(wrap=True)
-        self.error.setStyleSheet(ERROR_STYLE)
+        self.error = ErrorLabel()
         layout.addWidget(self.error)
         self.buttons = QDialogButtonBox(
             QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
@@ -211,7 +210,9 @@ class NetworkInspectDialog(QDialog):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.verticalHeader().hide()
-        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         self.table.itemSelectionChanged.connect(self._update_buttons)
         layout.addWidget(self.table, 1)
         row = QHBoxLayout()

@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.bridge import Op, user_message
-from app.dialogs.image_ops import plain_label
+from app.dialogs.image_ops import ErrorLabel, plain_label
 from app.models.images import human_size
 from vm_backend.engine.models import PullProgress
 from vm_backend.engine.specs import parse_image_ref
@@ -129,8 +129,7 @@ class PullDialog(QDialog):
         row.addWidget(self.edit, 1)
         row.addWidget(self.pull_button)
         layout.addLayout(row)
-        self.input_error = plain_label(wrap=True)
-        self.input_error.setStyleSheet("color: #c62828;")
+        self.input_error = ErrorLabel()
         layout.addWidget(self.input_error)
         self.overall = QProgressBar()
         self.overall.setRange(0, 1000)
@@ -273,6 +272,7 @@ class PullDialog(QDialog):
             bar = QProgressBar()
             bar.setRange(0, 1000)
             bar.setMaximumHeight(16)
+            bar.setTextVisible(False)  # the status column says the bytes
             self.layers.setItemWidget(item, 2, bar)
             entry = self._items[layer] = (item, bar)
         item, bar = entry

@@ -34,7 +34,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.bridge import Op, user_message
-from app.dialogs.image_ops import RIGHT, TaskRow, plain_label, show_error
+from app.dialogs.image_ops import RIGHT, ErrorLabel, TaskRow, plain_label, show_error
 from app.models.images import format_time, human_size, safe_tooltip
 from vm_backend.engine.volume_helper import (
     VolumeEntry,
@@ -51,7 +51,6 @@ if TYPE_CHECKING:
 
 _VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 _KEY = re.compile(r"^[^=\s]+$")
-ERROR_STYLE = "color: #c62828;"
 
 
 def parse_volume_name(text: str) -> str:
@@ -109,8 +108,7 @@ class CreateVolumeDialog(QDialog):
         self.options.setMaximumHeight(70)
         form.addRow("Options:", self.options)
         layout.addLayout(form)
-        self.error = plain_label(wrap=True)
-        self.error.setStyleSheet(ERROR_STYLE)
+        self.error = ErrorLabel()
         layout.addWidget(self.error)
         self.buttons = QDialogButtonBox(
             QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
@@ -204,7 +202,9 @@ class VolumeBrowser(QDialog):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.verticalHeader().hide()
-        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         self.table.itemDoubleClicked.connect(self._activated)
         self.table.itemSelectionChanged.connect(self._update_buttons)
         layout.addWidget(self.table, 1)
@@ -249,7 +249,8 @@ class VolumeBrowser(QDialog):
                 return
             self.path = target
             self.show_entries(entries)
-            self.status.setText(f"{len(entries)} items in /{target}")
+            n = len(entries)
+            self.status.setText(f"{n} item{'' if n == 1 else 's'} in /{target}")
 
         def failed(err: BaseException) -> None:
             if generation == self._generation:
@@ -283,7 +284,6 @@ class VolumeBrowser(QDialog):
                 if col == 2:
                     item.setTextAlignment(RIGHT)
                 self.table.setItem(row, col, item)
-        self.table.resizeColumnsToContents()
 
     def selected_entry(self) -> VolumeEntry | None:
         rows = self.table.selectionModel().selectedRows()

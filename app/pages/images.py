@@ -67,7 +67,9 @@ class ObjectPage(QWidget):
     """Toolbar + search + table + task strip, bound to the context's session."""
 
     kind = ""  # the Diff kind this page's model follows
+    noun = "items"  # for the count ("3 of 7 images")
     search_hint = "Search"
+    stretch_column = 0  # takes the spare width; the others fit their contents once
 
     def __init__(self, ctx: AppContext, model: KeyedTableModel[Any],
                  parent: QWidget | None = None) -> None:
@@ -113,8 +115,11 @@ class ObjectPage(QWidget):
         self.view.setWordWrap(False)
         self.view.verticalHeader().hide()
         self.view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.view.horizontalHeader().setStretchLastSection(True)
-        self.view.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        header = self.view.horizontalHeader()
+        header.setStretchLastSection(False)
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        header.setSectionResizeMode(self.stretch_column, QHeaderView.ResizeMode.Stretch)
+        self._fitted = False
         self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.view.customContextMenuRequested.connect(self._context_menu)
         layout.addWidget(self.view, 1)
@@ -163,7 +168,17 @@ class ObjectPage(QWidget):
     def finish_setup(self) -> None:
         """Call at the end of a subclass __init__: binds the current session."""
         self.set_session(self.ctx.session)
-        self.view.resizeColumnsToContents()
+        self._fit_columns()
+
+    def _fit_columns(self) -> None:
+        # Once, when the first rows are there: refitting on every change would make the
+        # columns jump while the user reads, and costs a pass over all rows each time.
+        if self._fitted or self.model.rowCount() == 0:
+            return
+        self._fitted = True
+        for col in range(self.model.columnCount()):
+            if col != self.stretch_column:
+                self.view.resizeColumnToContents(col)
 
     # ---- session -------------------------------------------------------------------------
     @property
@@ -238,7 +253,9 @@ class ObjectPage(QWidget):
 
     def _update_count(self) -> None:
         shown, total = self.proxy.rowCount(), self.model.rowCount()
-        self.count_label.setText(f"{shown} of {total}" if shown != total else f"{total}")
+        text = f"{shown} of {total}" if shown != total else f"{total}"
+        self.count_label.setText(f"{text} {self.noun}")
+        self._fit_columns()
 
     def _context_menu(self, pos: Any) -> None:
         if not self.view.indexAt(pos).isValid():
@@ -305,10 +322,11 @@ class ObjectPage(QWidget):
 
 
 def prune_text(what: str, result: PruneResult) -> str:
-    n = len(result.deleted)
-    text = f"Pruned {n} {what}{'s' if n != 1 else ''}"
+    """"Pruned images: 3 removed, 12.0 MB reclaimed." (Docker counts untagged references
+    and deleted layers separately, so the count is of the engine's entries.)"""
+    text = f"Pruned {what}: {len(result.deleted)} removed"
     if result.space_reclaimed:
-        text += f", reclaimed {human_size(result.space_reclaimed)}"
+        text += f", {human_size(result.space_reclaimed)} reclaimed"
     return text + "."
 
 
@@ -316,6 +334,7 @@ class ImagesPage(ObjectPage):
     """Local images of the active engine."""
 
     kind = "image"
+    noun = "images"
     search_hint = "Search repository, tag or id"
 
     def __init__(self, ctx: AppContext, parent: QWidget | None = None) -> None:
@@ -554,7 +573,7 @@ class ImagesPage(ObjectPage):
             lambda: self.run_task(
                 "Pruning images",
                 lambda _c, _p: client.prune_images(dangling_only=dangling_only),
-                on_success=lambda r: self.notify("Images pruned", prune_text("image", r)),
+                on_success=lambda r: self.notify("Images pruned", prune_text("images", r)),
                 failure_title="Prune images",
             ),
         )

@@ -30,6 +30,7 @@ class NetworksPage(ObjectPage):
     """Networks of the active engine."""
 
     kind = "network"
+    noun = "networks"
     search_hint = "Search name, driver or subnet"
 
     def __init__(self, ctx: AppContext, parent: QWidget | None = None) -> None:
@@ -132,7 +133,7 @@ class NetworksPage(ObjectPage):
             lambda: self.run_task(
                 "Pruning networks",
                 lambda _c, _p: client.prune_networks(),
-                on_success=lambda r: self.notify("Networks pruned", prune_text("network", r)),
+                on_success=lambda r: self.notify("Networks pruned", prune_text("networks", r)),
                 failure_title="Prune networks",
             ),
         )

@@ -52,6 +52,8 @@ class VolumesPage(ObjectPage):
     """Volumes of the active engine."""
 
     kind = "volume"
+    noun = "volumes"
+    stretch_column = 2  # the mountpoint: long paths
     search_hint = "Search name, driver or mountpoint"
 
     def __init__(self, ctx: AppContext, parent: QWidget | None = None) -> None:
@@ -249,7 +251,7 @@ class VolumesPage(ObjectPage):
             lambda: self.run_task(
                 "Pruning volumes",
                 lambda _c, _p: client.prune_volumes(all_unused=True),
-                on_success=lambda r: self.notify("Volumes pruned", prune_text("volume", r)),
+                on_success=lambda r: self.notify("Volumes pruned", prune_text("volumes", r)),
                 failure_title="Prune volumes",
             ),
         )

@@ -18,7 +18,14 @@ from app.dialogs.pull import PullDialog, PullTracker
 from app.models.images import ImageRow, ImageTableModel, ObjectFilterProxy, split_reference
 from app.pages.images import ImagesPage
 from vm_backend.engine.client import _progress
-from vm_backend.engine.models import Container, ContainerState, Health, Image, PullProgress
+from vm_backend.engine.models import (
+    Container,
+    ContainerState,
+    Health,
+    Image,
+    PruneResult,
+    PullProgress,
+)
 
 DATA = Path(__file__).parent / "data"
 pytestmark = pytest.mark.engine
@@ -286,7 +293,9 @@ def test_run_requests_the_run_dialog_with_the_image(qtbot: Any, ctx: Any) -> Non
     assert blocker.args[0].endswith("berth-test/busybox:latest")
 
 
-def test_prune_dangling_reports_space(qtbot: Any, ctx: Any, tmp_path: Path) -> None:
+def test_prune_dangling_reports_space(
+    qtbot: Any, ctx: Any, tmp_path: Path, api: docker.APIClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     page = ImagesPage(ctx)
     qtbot.addWidget(page)
     qtbot.waitUntil(lambda: page.images.rowCount() > 0)
@@ -306,10 +315,24 @@ def test_prune_dangling_reports_space(qtbot: Any, ctx: Any, tmp_path: Path) -> N
         assert blocker.args[0] is True, blocker.args
     page.dangling.setChecked(True)
     qtbot.waitUntil(lambda: page.proxy.rowCount() >= 1, timeout=20000)
+    # The engines are shared with other runs: scope the engine's prune to our label.
+    calls: list[bool] = []
+
+    def prune_ours(dangling_only: bool = True) -> PruneResult:
+        calls.append(dangling_only)
+        raw = api.prune_images(filters={"dangling": "true", "label": "berth.test=objects"})
+        deleted = tuple(str(d.get("Deleted") or d.get("Untagged") or "")
+                        for d in raw.get("ImagesDeleted") or [])
+        return PruneResult(deleted, int(raw.get("SpaceReclaimed") or 0))
+
+    monkeypatch.setattr(ctx.session.client, "prune_images", prune_ours)
     notes: list[tuple[str, str]] = []
     ctx.notified.connect(lambda t, x: notes.append((t, x)))
     page.prune_dangling_act.trigger()
     _click_confirm(qtbot, page)
     qtbot.waitUntil(lambda: bool(notes), timeout=60000)
+    assert calls == [True]
     assert notes[0][0] == "Images pruned"
-    assert "Pruned" in notes[0][1]
+    assert notes[0][1].startswith("Pruned images: "), notes
+    assert "reclaimed" in notes[0][1]
+    qtbot.waitUntil(lambda: page.proxy.rowCount() == 0, timeout=20000)

@@ -13,13 +13,14 @@ from PySide6.QtWidgets import QMessageBox
 from app.dialogs.network_ops import CreateNetworkDialog, parse_network
 from app.models.networks import COL_CONTAINERS, NetworkTableModel
 from app.pages.networks import NetworksPage
-from tests.gui.objects.conftest import wait_for_key
+from tests.gui.objects.conftest import LABEL, wait_for_key
 from vm_backend.engine.models import (
     Container,
     ContainerState,
     Health,
     Network,
     NetworkAttachment,
+    PruneResult,
 )
 from vm_backend.errors import InputError
 
@@ -91,7 +92,9 @@ def _key_for(page: NetworksPage, name: str) -> str:
     return ""
 
 
-def test_create_connect_disconnect_prune(qtbot: Any, ctx: Any, api: docker.APIClient) -> None:
+def test_create_connect_disconnect_prune(
+    qtbot: Any, ctx: Any, api: docker.APIClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     page = NetworksPage(ctx)
     qtbot.addWidget(page)
     suffix = uuid.uuid4().hex[:6]
@@ -161,15 +164,24 @@ def test_create_connect_disconnect_prune(qtbot: Any, ctx: Any, api: docker.APICl
     _click_confirm(qtbot, page)
     wait_for_key(qtbot, page.networks, key, present=False)
 
-    # Prune removes our unused network (and reports what it removed).
+    # Prune removes our unused network (and reports what it removed). The engines are
+    # shared with other test runs, so the engine call is scoped to our label; the page's
+    # confirm -> task -> notify -> model path is the real one.
     home_key = _key_for(page, home)
     assert home_key
+    client = ctx.session.client
+
+    def prune_ours() -> PruneResult:
+        raw = api.prune_networks(filters={"label": LABEL})
+        return PruneResult(tuple(raw.get("NetworksDeleted") or []), 0)
+
+    monkeypatch.setattr(client, "prune_networks", prune_ours)
     notes: list[tuple[str, str]] = []
     ctx.notified.connect(lambda t, x: notes.append((t, x)))
     page.prune_act.trigger()
     _click_confirm(qtbot, page)
     qtbot.waitUntil(lambda: bool(notes), timeout=30000)
-    assert notes[0][0] == "Networks pruned"
+    assert notes[0] == ("Networks pruned", "Pruned networks: 1 removed.")
     wait_for_key(qtbot, page.networks, home_key, present=False)
 
 
