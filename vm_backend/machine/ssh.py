@@ -437,7 +437,10 @@ class GuestSSH:
                 if transport is not None and transport.is_active():
                     return transport
                 if self._closed():
-                    raise GuestSSHError("the SSH session to the VM was closed", "")
+                    raise GuestSSHError(
+                        "the SSH session to the VM was closed",
+                        "the machine was stopped or is restarting; start it again",
+                    )
                 if self._state is SSHState.DISCONNECTED and self._monitor is None:
                     raise GuestSSHError(
                         "not connected to the VM over SSH", "start the machine first"
