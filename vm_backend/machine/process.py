@@ -108,8 +108,13 @@ class QemuProcess:
     # -- construction ---------------------------------------------------------------------
 
     @classmethod
-    def launch(cls, argv: Sequence[str], log_path: Path) -> QemuProcess:
-        """Start QEMU with stderr/stdout appended to ``log_path``; raise QemuLaunchError."""
+    def launch(
+        cls, argv: Sequence[str], log_path: Path, executable: str | None = None
+    ) -> QemuProcess:
+        """Start QEMU with stderr/stdout appended to ``log_path``; raise QemuLaunchError.
+
+        ``executable`` runs another program under ``argv[0]`` (tests use a fake QEMU).
+        """
         rotate_log(log_path)
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         kwargs: dict[str, object] = {}
@@ -124,6 +129,7 @@ class QemuProcess:
         try:
             popen = subprocess.Popen(  # argv list, never a shell
                 list(argv),
+                executable=executable,
                 stdin=subprocess.DEVNULL,
                 stdout=fd,
                 stderr=fd,
