@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -138,6 +139,8 @@ def load_page_modules(names: tuple[str, ...] = PAGE_MODULES) -> None:
 
     placeholder.register_placeholders()
     for name in names:
+        if name in sys.modules:
+            continue
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as err:

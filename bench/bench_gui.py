@@ -1,0 +1,404 @@
+"""The Berth window under load: GUI-thread stalls, cold start, idle memory and CPU.
+
+Three measurements against the real dockerd, each printed next to a baseline measured in
+the same run, as a ratio:
+
+(a) stall   A heartbeat QTimer (every 10 ms) records how late it fires while 500
+            containers (``sleep 3600``, ``network_mode=none``) are started and then
+            stopped in bulk from worker threads, with the Containers page visible.
+            Baseline: the same heartbeat with the same window idle. Goal: p99 <= 50 ms.
+(b) cold    Wall time from process start to a painted container list of 100 containers
+            (window created, first container diff applied, one paint), in a fresh
+            subprocess. Baseline: a bare QApplication + empty QMainWindow painted once.
+            Goal: <= 1.5 s.
+(c) idle    RSS of the window showing 50 running containers (live stats on), and its CPU
+            over 60 s. Baseline: a bare QApplication + empty QMainWindow. Goals: <= 200 MB,
+            <= 1 % of one core.
+
+Every container it creates carries the label ``berth.bench=1`` and is removed by that
+label at the end, also on failure (and leftovers of an earlier run are removed first).
+
+Usage: ``python bench/bench_gui.py [--engine unix:///var/run/docker.sock] [--idle 60]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import docker
+import psutil
+
+BENCH_LABEL = "berth.bench"
+IMAGE = "berth-test/busybox:latest"
+DEFAULT_ENGINE = "unix:///var/run/docker.sock"
+WORKERS = 16
+
+
+# ---- containers (plain docker-py: the bench's own tooling, not the code under test) -----------
+def _api(url: str) -> docker.APIClient:
+    return docker.APIClient(base_url=url, version="auto", timeout=120, max_pool_size=WORKERS)
+
+
+def _parallel(fn: Callable[[str], Any], items: Iterable[str]) -> None:
+    with ThreadPoolExecutor(WORKERS) as pool:
+        list(pool.map(fn, items))
+
+
+def create_containers(url: str, n: int, start: bool = False) -> list[str]:
+    api = _api(url)
+    host_config = api.create_host_config(network_mode="none")
+
+    def one(i: str) -> str:
+        c = api.create_container(
+            IMAGE, command=["sleep", "3600"], labels={BENCH_LABEL: "1"},
+            host_config=host_config, name=f"berth-bench-{i}",
+        )
+        if start:
+            api.start(c["Id"])
+        return str(c["Id"])
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        ids = list(pool.map(one, (f"{os.getpid()}-{i}" for i in range(n))))
+    api.close()
+    return ids
+
+
+def remove_bench_containers(url: str) -> int:
+    api = _api(url)
+    ids = [c["Id"] for c in api.containers(all=True, filters={"label": BENCH_LABEL})]
+
+    def rm(cid: str) -> None:
+        try:
+            api.remove_container(cid, force=True)
+        except docker.errors.NotFound:
+            pass
+
+    _parallel(rm, ids)
+    api.close()
+    return len(ids)
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+# ---- the window, in this process ----------------------------------------------------------------
+def _window(url: str) -> tuple[Any, Any, Any]:
+    from PySide6.QtWidgets import QApplication
+
+    from app.context import AppContext
+    from app.theme import apply_theme
+    from app.window import MainWindow
+    from vm_backend.settings import Settings
+
+    app = QApplication.instance() or QApplication(["berth-bench"])
+    apply_theme(app, "light")  # type: ignore[arg-type]
+    ctx = AppContext(Settings())
+    window = MainWindow(ctx)
+    window.resize(1200, 760)
+    window.show()
+    ctx.use_url(url)  # what `berth --engine URL` does: probe and connect in the background
+    return app, ctx, window
+
+
+def _run_until(pred: Callable[[], bool], timeout: float) -> bool:
+    """Run the Qt event loop until ``pred()`` holds (checked every 50 ms) or the timeout."""
+    from PySide6.QtCore import QEventLoop, QTimer
+
+    loop = QEventLoop()
+    deadline = time.monotonic() + timeout
+    ok = [pred()]
+
+    def tick() -> None:
+        if pred():
+            ok[0] = True
+            loop.quit()
+        elif time.monotonic() > deadline:
+            loop.quit()
+
+    timer = QTimer()
+    timer.setInterval(50)
+    timer.timeout.connect(tick)
+    if not ok[0]:
+        timer.start()
+        loop.exec()
+        timer.stop()
+    return ok[0]
+
+
+class Heartbeat:
+    """A 10 ms timer on the GUI thread that records how late each tick arrives."""
+
+    def __init__(self, interval_ms: int = 10) -> None:
+        from PySide6.QtCore import Qt, QTimer
+
+        self.interval = interval_ms / 1000
+        self.late_ms: list[float] = []
+        self._last = 0.0
+        self.timer = QTimer()
+        self.timer.setTimerType(Qt.TimerType.PreciseTimer)
+        self.timer.setInterval(interval_ms)
+        self.timer.timeout.connect(self._tick)
+
+    def start(self) -> None:
+        self.late_ms.clear()
+        self._last = time.perf_counter()
+        self.timer.start()
+
+    def stop(self) -> list[float]:
+        self.timer.stop()
+        return list(self.late_ms)
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.late_ms.append(max(0.0, (now - self._last - self.interval) * 1000))
+        self._last = now
+
+
+def bench_stall(url: str, n: int) -> dict[str, Any]:
+    from app.models.containers import COL_STATE
+
+    _app, ctx, window = _window(url)
+    page = window.show_page("containers")
+    _run_until(lambda: ctx.session is not None and ctx.session.connected, 20)
+    ids = create_containers(url, n)
+    model = page.model
+    _run_until(lambda: all(model.row_of(i) >= 0 for i in ids), 60)
+
+    hb = Heartbeat()
+    hb.start()
+    _run_until(lambda: False, 3)
+    baseline = hb.stop()
+
+    def states(want: str) -> bool:
+        return all(
+            str(model.index(model.row_of(i), COL_STATE).data()).startswith(want) for i in ids
+        )
+
+    api = _api(url)
+    phase: dict[str, float] = {}
+
+    def churn() -> None:
+        t = time.perf_counter()
+        _parallel(api.start, ids)
+        phase["started"] = time.perf_counter() - t
+        t = time.perf_counter()
+        _parallel(lambda i: api.stop(i, timeout=0), ids)
+        phase["stopped"] = time.perf_counter() - t
+
+    hb.start()
+    t0 = time.perf_counter()
+    worker = threading.Thread(target=churn)
+    worker.start()
+    _run_until(lambda: "started" in phase and states("running"), 180)
+    phase["model_running"] = time.perf_counter() - t0
+    _run_until(lambda: not worker.is_alive() and states("exited"), 180)
+    phase["model_exited"] = time.perf_counter() - t0
+    loaded = hb.stop()
+    worker.join()
+    api.close()
+    ctx.shutdown()
+    window.close()
+    return {
+        "containers": n,
+        "baseline_p50_ms": percentile(baseline, 50),
+        "baseline_p99_ms": percentile(baseline, 99),
+        "p50_ms": percentile(loaded, 50),
+        "p99_ms": percentile(loaded, 99),
+        "max_ms": max(loaded) if loaded else 0.0,
+        "ticks": len(loaded),
+        "engine_start_s": phase.get("started", 0.0),
+        "engine_stop_s": phase.get("stopped", 0.0),
+        "model_all_running_s": phase["model_running"],
+        "model_all_exited_s": phase["model_exited"],
+    }
+
+
+# ---- subprocess children ------------------------------------------------------------------
+def _since_process_start() -> float:
+    return time.time() - psutil.Process().create_time()
+
+
+def child_cold(url: str, expect: int) -> None:
+    """Cold start to a painted list of ``expect`` containers; prints seconds since exec."""
+    from PySide6.QtWidgets import QApplication
+
+    _app, ctx, window = _window(url)
+    page = window.show_page("containers")
+    _run_until(lambda: page.model.rowCount() >= expect, 30)
+    window.repaint()
+    QApplication.processEvents()
+    page.table.viewport().grab()  # a real paint of the list
+    elapsed = _since_process_start()
+    print(json.dumps({"cold_s": elapsed, "rows": page.model.rowCount()}))
+    ctx.shutdown()
+
+
+def child_cold_baseline() -> None:
+    from PySide6.QtWidgets import QApplication, QMainWindow
+
+    app = QApplication(["baseline"])
+    w = QMainWindow()
+    w.resize(1200, 760)
+    w.show()
+    w.repaint()
+    app.processEvents()
+    w.grab()
+    print(json.dumps({"cold_s": _since_process_start()}))
+
+
+def child_idle(url: str, expect: int, seconds: float) -> None:
+    _app, ctx, window = _window(url)
+    page = window.show_page("containers")
+    _run_until(lambda: page.model.rowCount() >= expect, 30)
+    _run_until(lambda: False, 5)  # settle: stats streams open, first samples in
+    proc = psutil.Process()
+    rss = proc.memory_info().rss
+    before = proc.cpu_times()
+    t = time.monotonic()
+    _run_until(lambda: False, seconds)
+    after = proc.cpu_times()
+    wall = time.monotonic() - t
+    cpu = (after.user - before.user + after.system - before.system) / wall * 100
+    streams = len(page.pool.active) if page.pool else 0
+    print(json.dumps({"rss_mb": rss / 2**20, "cpu_percent": cpu, "streams": streams,
+                      "rss_end_mb": proc.memory_info().rss / 2**20}))
+    ctx.shutdown()
+
+
+def child_idle_baseline(seconds: float) -> None:
+    from PySide6.QtWidgets import QApplication, QMainWindow
+
+    app = QApplication(["baseline"])
+    w = QMainWindow()
+    w.resize(1200, 760)
+    w.show()
+    _run_until(lambda: False, 1)
+    proc = psutil.Process()
+    rss = proc.memory_info().rss
+    before = proc.cpu_times()
+    t = time.monotonic()
+    _run_until(lambda: False, seconds)
+    after = proc.cpu_times()
+    cpu = (after.user - before.user + after.system - before.system) / (time.monotonic() - t) * 100
+    print(json.dumps({"rss_mb": rss / 2**20, "cpu_percent": cpu}))
+    del app
+
+
+def _child(*args: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", *args],
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"child {args} failed ({out.returncode}): {out.stderr[-2000:]}")
+    return dict(json.loads(lines[-1]))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engine", default=DEFAULT_ENGINE)
+    parser.add_argument("--stall-n", type=int, default=500)
+    parser.add_argument("--cold-n", type=int, default=100)
+    parser.add_argument("--cold-runs", type=int, default=5)
+    parser.add_argument("--idle-n", type=int, default=50)
+    parser.add_argument("--idle", type=float, default=60.0, help="idle CPU window, seconds")
+    parser.add_argument("--only", choices=("stall", "cold", "idle"))
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:
+        kind, *rest = args.child
+        if kind == "cold":
+            child_cold(rest[0], int(rest[1]))
+        elif kind == "cold-baseline":
+            child_cold_baseline()
+        elif kind == "idle":
+            child_idle(rest[0], int(rest[1]), float(rest[2]))
+        elif kind == "idle-baseline":
+            child_idle_baseline(float(rest[0]))
+        return 0
+
+    os.environ.setdefault("BERTH_HOME", str(Path("/tmp") / f"berth-bench-home-{os.getpid()}"))
+    url = args.engine
+    results: dict[str, Any] = {}
+    left = remove_bench_containers(url)
+    if left:
+        print(f"removed {left} containers left by an earlier run")
+    try:
+        if args.only in (None, "stall"):
+            results["stall"] = bench_stall(url, args.stall_n)
+            remove_bench_containers(url)
+            s = results["stall"]
+            print(
+                f"(a) GUI stall, {s['containers']} containers start+stop: "
+                f"p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms, max {s['max_ms']:.1f} ms "
+                f"(idle baseline p50 {s['baseline_p50_ms']:.1f} / p99 {s['baseline_p99_ms']:.1f}"
+                f" ms; p99 ratio {s['p99_ms'] / max(s['baseline_p99_ms'], 0.1):.1f}x); "
+                f"model all running after {s['model_all_running_s']:.1f} s "
+                f"(engine {s['engine_start_s']:.1f} s), all exited after "
+                f"{s['model_all_exited_s']:.1f} s"
+            )
+        if args.only in (None, "cold"):
+            create_containers(url, args.cold_n)
+            runs = [_child("cold", url, str(args.cold_n))["cold_s"] for _ in range(args.cold_runs)]
+            base = [_child("cold-baseline")["cold_s"] for _ in range(args.cold_runs)]
+            results["cold"] = {
+                "containers": args.cold_n,
+                "median_s": statistics.median(runs),
+                "runs_s": runs,
+                "baseline_median_s": statistics.median(base),
+            }
+            remove_bench_containers(url)
+            c = results["cold"]
+            print(
+                f"(b) cold start to a painted list of {c['containers']}: median "
+                f"{c['median_s']:.2f} s over {len(runs)} runs (bare Qt window "
+                f"{c['baseline_median_s']:.2f} s; ratio "
+                f"{c['median_s'] / c['baseline_median_s']:.1f}x)"
+            )
+        if args.only in (None, "idle"):
+            create_containers(url, args.idle_n, start=True)
+            idle = _child("idle", url, str(args.idle_n), str(args.idle))
+            base = _child("idle-baseline", str(args.idle))
+            results["idle"] = {**idle, "containers": args.idle_n, "seconds": args.idle,
+                               "baseline_rss_mb": base["rss_mb"],
+                               "baseline_cpu_percent": base["cpu_percent"]}
+            i = results["idle"]
+            print(
+                f"(c) idle with {i['containers']} running containers ({i['streams']} stats "
+                f"streams): RSS {i['rss_mb']:.0f} MB (bare Qt window {i['baseline_rss_mb']:.0f}"
+                f" MB; ratio {i['rss_mb'] / i['baseline_rss_mb']:.1f}x), CPU "
+                f"{i['cpu_percent']:.2f} % of a core over {i['seconds']:.0f} s (bare "
+                f"{i['baseline_cpu_percent']:.2f} %)"
+            )
+    finally:
+        removed = remove_bench_containers(url)
+        print(f"cleanup: removed {removed} bench containers")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
