@@ -1,0 +1,216 @@
+"""Benchmark the log view and the terminal widget, each against a baseline.
+
+    python bench/bench_widgets.py [--lines 1000000] [--mb 8]
+
+Log view: a shown, following LogPanel (capacity 100k) takes ``--lines`` lines
+in 1000-line batches; each batch is timed from append to a finished repaint
+(p50/p99/max), with RSS after the ring filled and at the end. Baseline: the
+same LogModel shown in a QListView with uniform item sizes (the first design),
+timed on 120 batches only since it is two orders of magnitude slower.
+
+Terminal: ``--mb`` MB of coloured line output fed in 4 KB pieces to a shown
+80x24 TerminalWidget; reported are throughput, the longest parse pass and the
+longest gap of a 5 ms heartbeat timer (the worst GUI stall a user would feel).
+Baseline: stock ``pyte.HistoryScreen`` + ``ByteStream`` on the same bytes,
+without any GUI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# PySide6 6.12.0 drops a reference to None/True/False on every void C++ call
+# under CPython 3.11 (3.12+ makes them immortal); a benchmark making a
+# million calls would abort. Same guard as tests/gui/widgets/conftest.py.
+if sys.version_info < (3, 12):
+    for _obj in (None, True, False):
+        ctypes.c_ssize_t.from_address(id(_obj)).value += 1 << 40
+
+import psutil
+import pyte
+from PySide6.QtCore import QElapsedTimer, QTimer
+from PySide6.QtWidgets import QApplication, QListView
+
+from app.widgets.logview import LogLine, LogModel, LogPanel
+from app.widgets.terminal import TerminalWidget
+
+BATCH = 1000
+
+
+def _batch(n: int) -> list[LogLine]:
+    return [
+        LogLine(
+            "2026-11-28T20:00:00.000000000Z",
+            "stderr" if i % 10 == 0 else "stdout",
+            f"{n * BATCH + i} GET /api/items?id={i} 200 {i * 7} bytes",
+        )
+        for i in range(BATCH)
+    ]
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+def bench_logview(app: QApplication, lines: int) -> dict[str, float]:
+    panel = LogPanel()
+    panel.resize(1000, 600)
+    panel.show()
+    app.processEvents()
+    process = psutil.Process()
+    rss_start = process.memory_info().rss
+    rss_full = rss_start
+    times: list[float] = []
+    batches = lines // BATCH
+    for n in range(batches):
+        data = _batch(n)
+        started = time.perf_counter()
+        panel.append_lines(data)
+        panel.view.viewport().repaint()
+        app.processEvents()
+        times.append(time.perf_counter() - started)
+        if (n + 1) * BATCH == panel.model.capacity:
+            rss_full = process.memory_info().rss
+    rss_end = process.memory_info().rss
+    panel.close()
+    return {
+        "batches": batches,
+        "p50_ms": statistics.median(times) * 1e3,
+        "p99_ms": _pct(times, 0.99) * 1e3,
+        "max_ms": max(times) * 1e3,
+        "rss_fill_mb": (rss_full - rss_start) / 1e6,
+        "rss_after_full_mb": (rss_end - rss_full) / 1e6,
+        "dropped": panel.model.dropped,
+    }
+
+
+def bench_logview_baseline(app: QApplication, batches: int = 120) -> dict[str, float]:
+    model = LogModel()
+    view = QListView()
+    view.setUniformItemSizes(True)
+    view.setModel(model)
+    view.resize(1000, 600)
+    view.show()
+    app.processEvents()
+    times: list[float] = []
+    for n in range(batches):
+        data = _batch(n)
+        started = time.perf_counter()
+        model.append_lines(data)
+        view.scrollToBottom()
+        view.viewport().repaint()
+        app.processEvents()
+        times.append(time.perf_counter() - started)
+    view.close()
+    tail = times[-20:]  # the ring is full: steady state
+    return {"batches": batches, "p50_ms": statistics.median(tail) * 1e3}
+
+
+def _payload(megabytes: float) -> bytes:
+    block = b"".join(
+        b"\x1b[3%dmline %06d\x1b[0m some output text, to fill the row a bit: %d\r\n"
+        % (i % 8, i, i * 7)
+        for i in range(1000)
+    )
+    return block * max(1, int(megabytes * 1024 * 1024 // len(block)))
+
+
+def bench_terminal(app: QApplication, megabytes: float) -> dict[str, float]:
+    payload = _payload(megabytes)
+    term = TerminalWidget(scrollback=10_000)
+    term.resize(int(term._cell_w * 80) + 20, int(term._cell_h * 24) + 1)
+    term.show()
+    app.processEvents()
+    gaps: list[float] = []
+    clock = QElapsedTimer()
+
+    def beat() -> None:
+        gaps.append(clock.nsecsElapsed() / 1e9)
+        clock.restart()
+
+    heartbeat = QTimer()
+    heartbeat.setInterval(5)
+    heartbeat.timeout.connect(beat)
+    started = time.perf_counter()
+    for offset in range(0, len(payload), 4096):
+        term.feed(payload[offset : offset + 4096])
+    feed_s = time.perf_counter() - started
+    clock.start()
+    heartbeat.start()
+    while term.pending_bytes:
+        app.processEvents()
+    heartbeat.stop()
+    elapsed = time.perf_counter() - started
+    term.close()
+    return {
+        "mb": len(payload) / 1e6,
+        "mb_per_s": len(payload) / elapsed / 1e6,
+        "feed_calls_s": feed_s,
+        "max_parse_ms": term.max_parse_seconds * 1e3,
+        "max_stall_ms": max(gaps) * 1e3,
+        "p99_stall_ms": _pct(gaps, 0.99) * 1e3,
+    }
+
+
+def bench_pyte_baseline(megabytes: float) -> dict[str, float]:
+    payload = _payload(megabytes)
+    screen = pyte.HistoryScreen(80, 24, history=10_000)
+    stream = pyte.ByteStream(screen)
+    started = time.perf_counter()
+    for offset in range(0, len(payload), 4096):
+        stream.feed(payload[offset : offset + 4096])
+    return {"mb_per_s": len(payload) / (time.perf_counter() - started) / 1e6}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lines", type=int, default=1_000_000)
+    parser.add_argument("--mb", type=float, default=8.0)
+    args = parser.parse_args()
+    app = QApplication.instance() or QApplication(sys.argv)
+    assert isinstance(app, QApplication)
+
+    log = bench_logview(app, args.lines)
+    base = bench_logview_baseline(app)
+    print(f"log view: {log['batches']:.0f} batches of {BATCH} lines into a 100k ring")
+    print(
+        f"  per batch  p50 {log['p50_ms']:.2f} ms  p99 {log['p99_ms']:.2f} ms"
+        f"  max {log['max_ms']:.2f} ms   (dropped {log['dropped']:,.0f})"
+    )
+    print(
+        f"  RSS        +{log['rss_fill_mb']:.1f} MB filling the ring,"
+        f" +{log['rss_after_full_mb']:.1f} MB for the rest"
+    )
+    print(
+        f"  baseline QListView over the same model: p50 {base['p50_ms']:.1f} ms per batch"
+        f" -> painted view is {base['p50_ms'] / log['p50_ms']:.0f}x faster"
+    )
+
+    term = bench_terminal(app, args.mb)
+    stock = bench_pyte_baseline(args.mb)
+    print(f"terminal: {term['mb']:.1f} MB of coloured lines in 4 KB feeds, 80x24")
+    print(
+        f"  throughput {term['mb_per_s']:.2f} MB/s (widget, parse + paint)"
+        f"  vs stock pyte.HistoryScreen {stock['mb_per_s']:.2f} MB/s (no GUI)"
+        f" -> {term['mb_per_s'] / stock['mb_per_s']:.1f}x"
+    )
+    print(
+        f"  GUI stall  max {term['max_stall_ms']:.1f} ms  p99 {term['p99_stall_ms']:.1f} ms"
+        f"  (longest parse pass {term['max_parse_ms']:.1f} ms;"
+        f" {len(range(0, int(term['mb'] * 1e6), 4096))} feed() calls took"
+        f" {term['feed_calls_s'] * 1e3:.0f} ms)"
+    )
+
+
+if __name__ == "__main__":
+    main()
