@@ -168,6 +168,8 @@ class Machine:
         self._stage_callbacks: list[Callable[[StageRecord], None]] = []
         self.crash_detected_at: float | None = None
         self.last_events: list[QmpEvent] = []
+        self._shutdown_reason = ""
+        self._qmp_ready_s = 0.0
 
     # -- registration -------------------------------------------------------------------
 
@@ -342,6 +344,7 @@ class Machine:
         self._unexpected_stop.clear()
         self.crash_detected_at = None
         self.last_events = []
+        self._shutdown_reason = ""
         timeline = Timeline(choice.slow, self.stage_timeouts)
         for callback in self._stage_callbacks:
             timeline.on_change(callback)
@@ -363,8 +366,6 @@ class Machine:
             self._abort_boot()
             raise
         return self.status()
-
-    _qmp_ready_s = 0.0
 
     def _launch_with_port(
         self, spec: MachineSpec, image: GuestImage, choice: AccelChoice
@@ -546,7 +547,11 @@ class Machine:
     # -- crash detection ----------------------------------------------------------------
 
     def _on_qemu_exit(self, code: int | None) -> None:
-        self._note_gone(f"QEMU exited (code {code})")
+        if self._shutdown_reason == "guest-reset":
+            # -no-reboot turns a guest reboot (or a kernel panic, panic=-1) into an exit.
+            self._note_gone("QEMU exited: the guest rebooted or its kernel panicked")
+        else:
+            self._note_gone(f"QEMU exited (code {code})")
 
     def _on_qmp_lost(self) -> None:
         self._note_gone("lost the QMP connection to QEMU")
@@ -577,6 +582,7 @@ class Machine:
         elif event.name == "SHUTDOWN":
             # The guest powered off (or rebooted, which -no-reboot turns into an exit).
             reason = str(event.data.get("reason", ""))
+            self._shutdown_reason = reason
             self._requested_stop = self._requested_stop or reason != "guest-reset"
             if self._state is not MachineState.STOPPING and self._requested_stop:
                 self._set_state(MachineState.STOPPING, f"guest shut down ({reason})")
@@ -733,6 +739,17 @@ class Machine:
         if not changed:
             return
         snapshot = self.status()
+        loop = self._loop
+        if loop is not None and loop.in_loop_thread():
+            # Changes seen by QMP arrive on the event-loop thread; a callback that calls
+            # back into the machine (stop, status over QMP) would deadlock there.
+            threading.Thread(
+                target=self._notify, args=(snapshot,), name="berth-state-cb", daemon=True
+            ).start()
+        else:
+            self._notify(snapshot)
+
+    def _notify(self, snapshot: MachineStatus) -> None:
         for callback in list(self._state_callbacks):
             try:
                 callback(snapshot)
@@ -747,7 +764,6 @@ class Machine:
         console, self._console = self._console, None
         if qmp is not None:
             with contextlib.suppress(QmpError, TimeoutError, RuntimeError):
-                qmp.monitor._closing = True
                 qmp.close()
         if console is not None:
             console.close()
