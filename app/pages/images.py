@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -119,7 +119,11 @@ class ObjectPage(QWidget):
         header.setStretchLastSection(False)
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         header.setSectionResizeMode(self.stretch_column, QHeaderView.ResizeMode.Stretch)
-        self._fitted = False
+        self._fit_timer = QTimer(self)
+        self._fit_timer.setSingleShot(True)
+        self._fit_timer.setInterval(200)
+        self._fit_timer.timeout.connect(self._fit_columns)
+        model.dataChanged.connect(lambda *_: self._fit_timer.start())
         self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.view.customContextMenuRequested.connect(self._context_menu)
         layout.addWidget(self.view, 1)
@@ -168,17 +172,19 @@ class ObjectPage(QWidget):
     def finish_setup(self) -> None:
         """Call at the end of a subclass __init__: binds the current session."""
         self.set_session(self.ctx.session)
-        self._fit_columns()
 
     def _fit_columns(self) -> None:
-        # Once, when the first rows are there: refitting on every change would make the
-        # columns jump while the user reads, and costs a pass over all rows each time.
-        if self._fitted or self.model.rowCount() == 0:
+        # Columns only ever grow to fit what they show (rows arrive, sizes and usage are
+        # filled in later); never shrinking keeps them from jumping while the user reads.
+        # Debounced: a burst of diffs costs one pass (Qt samples at most 1000 rows).
+        if self.model.rowCount() == 0:
             return
-        self._fitted = True
+        header = self.view.horizontalHeader()
         for col in range(self.model.columnCount()):
             if col != self.stretch_column:
-                self.view.resizeColumnToContents(col)
+                want = max(self.view.sizeHintForColumn(col), header.sectionSizeHint(col))
+                if want > header.sectionSize(col):
+                    header.resizeSection(col, want)
 
     # ---- session -------------------------------------------------------------------------
     @property
@@ -255,7 +261,7 @@ class ObjectPage(QWidget):
         shown, total = self.proxy.rowCount(), self.model.rowCount()
         text = f"{shown} of {total}" if shown != total else f"{total}"
         self.count_label.setText(f"{text} {self.noun}")
-        self._fit_columns()
+        self._fit_timer.start()
 
     def _context_menu(self, pos: Any) -> None:
         if not self.view.indexAt(pos).isValid():
