@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -48,7 +49,8 @@ def parse_time(value: object) -> float:
         head, dot, rest = text.partition(".")
         if dot:
             # Trim fractional seconds to microseconds, keep the zone.
-            digits = "".join(c for c in rest if c.isdigit())
+            # Only the digits right after the dot: the zone (+02:00) has digits too.
+            digits = "".join(itertools.takewhile(str.isdigit, rest))
             zone = rest[len(digits) :]
             text = f"{head}.{digits[:6]}{zone}"
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
