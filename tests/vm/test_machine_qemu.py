@@ -25,6 +25,8 @@ from vm_backend.machine.accel import AcceleratorProbe, kvm_device_error
 from vm_backend.machine.hostinfo import Arch, detect_host
 from vm_backend.machine.image import GuestImage
 from vm_backend.machine.machine import Machine, MachineState, StopOutcome
+from vm_backend.machine.ports import pick_free_port
+from vm_backend.machine.qmp import QmpError
 from vm_backend.machine.spec import Accelerator, MachineSpec
 from vm_backend.machine.state import read_pid
 from vm_backend.machine.timeline import BootFailure, Stage, StageState
@@ -65,6 +67,13 @@ def make_machine(home: Path, guest: TinyGuest, probe_cache: Path, *extra: str,
     if not machine.exists:
         machine.create(MachineSpec(name=NAME, cpus=1, memory_mib=512, disk_gib=4))
     return machine
+
+
+def qemu_listeners(pid: int) -> list[tuple[str, int]]:
+    return [
+        (c.laddr.ip, c.laddr.port) for c in psutil.Process(pid).net_connections("inet")
+        if c.status == psutil.CONN_LISTEN
+    ]
 
 
 def qemus_for(machine: Machine) -> list[psutil.Process]:
@@ -132,7 +141,16 @@ def test_boot_timeline_console_qmp_and_powerdown(machine: Machine) -> None:
     assert machine.status().state is MachineState.PAUSED
     machine.resume()
     assert qmp.query_status().running
-    assert "hostfwd" in qmp.human_monitor_command("info usernet") or True
+
+    # Published-port plumbing: a loopback forward appears on the host and goes away.
+    fwd_port = pick_free_port()
+    qmp.hostfwd_add("tcp", "127.0.0.1", fwd_port, 80)
+    assert ("127.0.0.1", fwd_port) in qemu_listeners(status.pid)
+    assert f"{fwd_port}" in qmp.human_monitor_command("info usernet")
+    with pytest.raises(QmpError, match="could not add"):
+        qmp.hostfwd_add("tcp", "127.0.0.1", fwd_port, 81)  # already taken
+    qmp.hostfwd_remove("tcp", "127.0.0.1", fwd_port)
+    assert ("127.0.0.1", fwd_port) not in qemu_listeners(status.pid)
 
     # ACPI powerdown: the guest powers itself off.
     t0 = time.monotonic()
@@ -241,11 +259,7 @@ def test_busy_ssh_port_is_repicked_and_only_loopback_listens(
         assert status.ssh_port is not None and status.ssh_port != busy
         assert m.spec.ssh_port == status.ssh_port  # remembered for next time
         assert status.pid is not None
-        listeners = [
-            c.laddr for c in psutil.Process(status.pid).net_connections("inet")
-            if c.status == psutil.CONN_LISTEN
-        ]
-        assert [(a.ip, a.port) for a in listeners] == [("127.0.0.1", status.ssh_port)]
+        assert qemu_listeners(status.pid) == [("127.0.0.1", status.ssh_port)]
     finally:
         blocker.close()
         m.kill()

@@ -39,7 +39,7 @@ from vm_backend.errors import BerthError
 from vm_backend.machine import keys as machine_keys
 from vm_backend.machine import ports
 from vm_backend.machine.accel import KVM_INTERNAL_ERROR, AccelChoice, AcceleratorProbe
-from vm_backend.machine.argv import build_argv, qemu_binary
+from vm_backend.machine.argv import build_argv
 from vm_backend.machine.console import ConsoleMarker, SerialConsole
 from vm_backend.machine.hostinfo import HostInfo, detect_host
 from vm_backend.machine.image import GuestImage, ImageError
@@ -298,10 +298,9 @@ class Machine:
             choice = self._probe.choose(spec.accelerator, spec.arch, image.kernel)
             try:
                 return self._boot(spec, image, choice, until)
-            except BootFailure as failure:
-                if choice.accelerator is Accelerator.KVM and failure.reason.startswith(
-                    KVM_INTERNAL_ERROR
-                ):
+            except (BootFailure, QemuLaunchError) as failure:
+                said = failure.reason if isinstance(failure, BootFailure) else failure.log_tail
+                if choice.accelerator is Accelerator.KVM and KVM_INTERNAL_ERROR in said:
                     self._probe.record_kvm_verdict(KVM_INTERNAL_ERROR)
                     fallback = AccelChoice(
                         Accelerator.TCG,
@@ -332,9 +331,6 @@ class Machine:
             tmp.write_text(wanted, encoding="ascii")
             tmp.chmod(0o600)
             tmp.replace(self.paths.authorized_keys)
-
-    def _qemu_for(self, spec: MachineSpec) -> str:
-        return self._qemu_override or qemu_binary(spec.arch, self.host)
 
     def _boot(
         self, spec: MachineSpec, image: GuestImage, choice: AccelChoice, until: Stage
@@ -563,9 +559,9 @@ class Machine:
             if self._state is MachineState.STOPPING and why.startswith("QEMU exited"):
                 self._set_state(MachineState.STOPPED, self._detail or "guest powered off")
             return
-        if self.crash_detected_at is None:
-            self.crash_detected_at = time.monotonic()
         if self._state in (MachineState.RUNNING, MachineState.PAUSED, MachineState.STOPPING):
+            if self.crash_detected_at is None:
+                self.crash_detected_at = time.monotonic()
             self._set_state(MachineState.CRASHED, why)
 
     def _on_qmp_event(self, event: QmpEvent) -> None:

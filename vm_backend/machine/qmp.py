@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import time
@@ -61,6 +62,19 @@ def _to_event(message: Mapping[str, Any]) -> QmpEvent:
     ts = float(stamp.get("seconds", 0)) + float(stamp.get("microseconds", 0)) / 1e6
     data = message.get("data") or {}
     return QmpEvent(str(message.get("event", "")), MappingProxyType(dict(data)), ts)
+
+
+def _hostfwd_rule(proto: str, host_addr: str, host_port: int) -> str:
+    """``tcp:127.0.0.1:8080`` — validated, because it is spliced into an HMP command line."""
+    if proto not in ("tcp", "udp"):
+        raise QmpError(f"Unknown protocol {proto!r} for a port forward.", "Use tcp or udp.")
+    try:
+        addr = ipaddress.IPv4Address(host_addr)
+    except ValueError as exc:
+        raise QmpError(f"{host_addr!r} is not an IPv4 address.") from exc
+    if not 0 < host_port < 65536:
+        raise QmpError(f"{host_port} is not a TCP/UDP port.")
+    return f"{proto}:{addr}:{host_port}"
 
 
 def _address_ready(address: str) -> bool:
@@ -221,6 +235,31 @@ class QmpMonitor:
         reply = await self.execute("human-monitor-command", {"command-line": command_line})
         return str(reply)
 
+    async def hostfwd_add(
+        self, proto: str, host_addr: str, host_port: int, guest_port: int,
+        netdev: str = "net0",
+    ) -> None:
+        """Forward ``host_addr:host_port`` to the guest's ``guest_port`` (slirp hostfwd).
+
+        HMP answers success with an empty string and failure with text (e.g. "Could not
+        set up host forwarding rule 'tcp:127.0.0.1:80-:80'" when the port is taken).
+        """
+        await self._hostfwd("hostfwd_add", netdev,
+                            f"{_hostfwd_rule(proto, host_addr, host_port)}-:{guest_port}")
+
+    async def hostfwd_remove(
+        self, proto: str, host_addr: str, host_port: int, netdev: str = "net0"
+    ) -> None:
+        await self._hostfwd("hostfwd_remove", netdev, _hostfwd_rule(proto, host_addr, host_port))
+
+    async def _hostfwd(self, command: str, netdev: str, rule: str) -> None:
+        reply = (await self.human_monitor_command(f"{command} {netdev} {rule}")).strip()
+        if reply and "removed" not in reply:
+            raise QmpError(
+                f"QEMU could not {command.replace('hostfwd_', '')} the forward {rule}: {reply}",
+                "The host port may be in use by another program.",
+            )
+
     async def close(self) -> None:
         self._closing = True
         client, self._client = self._client, None
@@ -283,6 +322,15 @@ class SyncQmp:
 
     def human_monitor_command(self, command_line: str) -> str:
         return self._loop.run(self.monitor.human_monitor_command(command_line))
+
+    def hostfwd_add(
+        self, proto: str, host_addr: str, host_port: int, guest_port: int, netdev: str = "net0"
+    ) -> None:
+        self._loop.run(self.monitor.hostfwd_add(proto, host_addr, host_port, guest_port, netdev))
+
+    def hostfwd_remove(self, proto: str, host_addr: str, host_port: int,
+                       netdev: str = "net0") -> None:
+        self._loop.run(self.monitor.hostfwd_remove(proto, host_addr, host_port, netdev))
 
     def close(self) -> None:
         if not self._loop.loop.is_closed():

@@ -43,6 +43,7 @@ class FakeQmpServer:
         self.loop = loop
         self.path = path
         self.commands: list[str] = []
+        self.hmp: list[str] = []
         self.writer: asyncio.StreamWriter | None = None
         self.status = "running"
         self.server = loop.run(asyncio.start_unix_server(self._serve, path))
@@ -59,7 +60,16 @@ class FakeQmpServer:
                 reply = {"return": {"status": self.status, "running": self.status == "running",
                                     "singlestep": False}}
             elif cmd == "human-monitor-command":
-                reply = {"return": f"ran {msg['arguments']['command-line']}\r\n"}
+                line = msg["arguments"]["command-line"]
+                self.hmp.append(line)
+                text = f"ran {line}\r\n"
+                if line.startswith("hostfwd_add"):
+                    text = "" if ":1-:" not in line else (
+                        "Could not set up host forwarding rule 'tcp:127.0.0.1:1-:80'\r\n"
+                    )
+                elif line.startswith("hostfwd_remove"):
+                    text = "host forwarding rule for tcp:127.0.0.1:8080 removed\r\n"
+                reply = {"return": text}
             elif cmd == "nope":
                 reply = {"error": {"class": "CommandNotFound", "desc": "The command nope "
                                                                        "has not been found"}}
@@ -133,9 +143,7 @@ def test_commands_and_events(loop: EventLoopThread, sock_path: str) -> None:
     assert got_event.wait(2)
     assert events[0].name == "STOP" and events[0].timestamp == pytest.approx(1700000000.000005)
     qmp.cont()
-    assert qmp.human_monitor_command("hostfwd_add net0 tcp:127.0.0.1:8080-:80") == (
-        "ran hostfwd_add net0 tcp:127.0.0.1:8080-:80\r\n"
-    )
+    assert qmp.human_monitor_command("info usernet") == "ran info usernet\r\n"
     got_event.clear()
     server.emit("BLOCK_IO_ERROR", {"device": "data", "reason": "No space left on device"})
     server.emit("UNWATCHED_EVENT")
@@ -149,6 +157,25 @@ def test_commands_and_events(loop: EventLoopThread, sock_path: str) -> None:
         qmp.execute("nope")
     qmp.system_powerdown()
     assert server.commands[-1] == "system_powerdown"
+    qmp.close()
+    server.close()
+
+
+def test_hostfwd_add_and_remove(loop: EventLoopThread, sock_path: str) -> None:
+    server = FakeQmpServer(loop, sock_path)
+    qmp = SyncQmp(loop)
+    qmp.connect(sock_path, timeout=2)
+    qmp.hostfwd_add("tcp", "127.0.0.1", 8080, 80)
+    qmp.hostfwd_remove("tcp", "127.0.0.1", 8080)
+    assert server.hmp == ["hostfwd_add net0 tcp:127.0.0.1:8080-:80",
+                          "hostfwd_remove net0 tcp:127.0.0.1:8080"]
+    with pytest.raises(QmpError, match=r"could not add the forward tcp:127\.0\.0\.1:1"):
+        qmp.hostfwd_add("tcp", "127.0.0.1", 1, 80)
+    for bad in (("sctp", "127.0.0.1", 80), ("tcp", "127.0.0.1 -:1", 80), ("tcp", "::1", 80),
+                ("tcp", "127.0.0.1", 0)):
+        with pytest.raises(QmpError):
+            qmp.hostfwd_add(bad[0], bad[1], int(bad[2]), 80)
+    assert len(server.hmp) == 3  # rejected rules never reach QEMU
     qmp.close()
     server.close()
 
