@@ -244,6 +244,12 @@ class MainWindow(QMainWindow):
         if self.ctx.session is None:
             self.statusBar().showMessage("No engine is connected: nothing to run on.", 6000)
             return
+        # Through the Containers page when there is one, so the new container is selected.
+        page = self.show_page("containers")
+        opener = getattr(page, "open_run_dialog", None)
+        if callable(opener):
+            opener(image)
+            return
         dialog = RunDialog(self.ctx, image=image, parent=self)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.open()

@@ -242,6 +242,11 @@ class ContainersModel(QAbstractTableModel):
     def containers(self) -> list[Container]:
         return [self._items[i] for i in self._ids]
 
+    def container_at_row(self, row: int) -> Container | None:
+        if 0 <= row < len(self._ids):
+            return self._items.get(self._ids[row])
+        return None
+
     def row_of(self, cid: str) -> int:
         return self._rows.get(cid, -1)
 
@@ -422,16 +427,21 @@ class ContainersProxy(QSortFilterProxyModel):
         else:
             self.invalidateFilter()
 
+    # Both lookups go straight to the Python source model: a round trip through Qt's
+    # data() would wrap and unwrap the Container in a QVariant for every row.
     def container_at(self, proxy_row: int) -> Container | None:
-        value = self.data(self.index(proxy_row, 0), CONTAINER_ROLE)
-        return value if isinstance(value, Container) else None
+        model = self.sourceModel()
+        if not isinstance(model, ContainersModel):
+            return None
+        source = self.mapToSource(self.index(proxy_row, 0))
+        return model.container_at_row(source.row()) if source.isValid() else None
 
     def filterAcceptsRow(self, source_row: int, source_parent: Index) -> bool:
         model = self.sourceModel()
-        if model is None:
+        if not isinstance(model, ContainersModel) or source_parent.isValid():
             return False
-        c = model.data(model.index(source_row, 0, source_parent), CONTAINER_ROLE)
-        if not isinstance(c, Container):
+        c = model.container_at_row(source_row)
+        if c is None:
             return False
         return self._state_matches(c) and self._search_matches(c)
 
@@ -532,6 +542,18 @@ class StatsPool(QObject):
         self._timer = QTimer(self)
         self._timer.setInterval(self.FLUSH_MS)
         self._timer.timeout.connect(self._flush)
+        readers, lock = self._readers, self._lock
+
+        def abandon(*_args: object) -> None:
+            # The pool's QObject is going away (its page was deleted without being hidden):
+            # end the streams with plain Python only, as the Qt side is already gone.
+            with lock:
+                stale = list(readers.values())
+                readers.clear()
+            for reader in stale:
+                reader.stop()
+
+        self.destroyed.connect(abandon)
 
     def client(self) -> EngineClient:
         """The pool's client (worker threads only: creating it contacts the engine)."""

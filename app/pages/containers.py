@@ -595,6 +595,7 @@ class ContainersPage(QWidget):
         if self.ctx.session is None:
             return
         dialog = RunDialog(self.ctx, image=image, parent=self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.started.connect(self._run_started)
         dialog.open()
 

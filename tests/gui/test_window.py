@@ -197,3 +197,36 @@ def test_an_engine_down_at_start_is_picked_up_when_it_starts(
     private_dockerd.start()
     qtbot.waitUntil(lambda: not window.engine_down, timeout=30_000)
     assert ctx.session is not None
+
+
+@pytest.mark.engine
+def test_screenshot_mode_renders_every_page_and_the_run_dialog(
+    qtbot: Any, tmp_path: Path, docker_url: str
+) -> None:
+    from PySide6.QtGui import QImage
+
+    from app.main import main
+
+    out = tmp_path / "shots"
+    assert main(["--screenshot", str(out), "--engine", docker_url]) == 0
+    names = {p.name for p in out.glob("*.png")}
+    for key in ("containers", "images", "volumes", "networks", "machine", "settings"):
+        assert f"{key}.png" in names
+    assert "run-dialog.png" in names
+    image = QImage(str(out / "containers.png"))
+    assert image.width() >= 1000 and image.height() >= 700
+
+
+def test_importing_main_has_no_side_effects() -> None:
+    import sys
+
+    code = (
+        "import sys, app.main; "
+        "assert 'PySide6.QtWidgets' not in sys.modules, 'Qt imported'; "
+        "assert not hasattr(app.main, 'app'), 'an application was created'"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert result.returncode == 0, result.stderr
