@@ -78,6 +78,11 @@ def parse_image_ref(text: str) -> ImageRef:
     # "localhost:5000/x" and "host.tld/x" name a registry; "user/x" does not.
     if domain and "." not in domain and ":" not in domain and domain != "localhost":
         path, domain = f"{domain}/{path}", ""
+        if path != path.lower():
+            # The domain part of the pattern allows capitals; a folded one is a path.
+            raise InputError(
+                f"Image name {ref!r} has capital letters.", "Repository names must be lowercase."
+            )
     if len(path) > 255:
         raise InputError("The repository name is longer than 255 characters.", "Shorten it.")
     tag = match.group("tag") or ""
@@ -232,7 +237,9 @@ def parse_volume_spec(text: str) -> VolumeSpec:
     if not spec:
         raise InputError("The volume is empty.", "Write /host/path:/container/path or name:/path.")
     drive = ""
-    if _WINDOWS_DRIVE.match(spec):
+    rest = spec[2:].split(":")
+    if _WINDOWS_DRIVE.match(spec) and len(rest) >= 2 and rest[1].startswith("/"):
+        # C:\src:/src is a Windows path; v:/data[:ro] is the one-letter volume "v".
         drive, spec = spec[:2], spec[2:]
     parts = spec.split(":")
     if drive:
