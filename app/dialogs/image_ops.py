@@ -122,7 +122,8 @@ class TaskRow(QWidget):
 
     ``work(cancelled, progress)`` runs on a worker thread. ``progress(n)`` only stores
     ``n``; a timer on the GUI thread shows it. With ``total`` > 0 the bar shows a
-    fraction, otherwise it is a busy bar with the bytes so far.
+    fraction, otherwise it is a busy bar with the bytes so far. Work that cannot stop
+    half-way (one engine request) passes ``cancellable=False`` and gets no Cancel button.
     """
 
     finished = Signal(bool, str)  # ok, message
@@ -133,6 +134,7 @@ class TaskRow(QWidget):
         work: Callable[[Cancelled, Progress], Any],
         *,
         total: int = 0,
+        cancellable: bool = True,
         on_success: Callable[[Any], None] | None = None,
         on_failure: Callable[[BaseException], None] | None = None,
         parent: QWidget | None = None,
@@ -155,6 +157,7 @@ class TaskRow(QWidget):
         self.bytes_label.setObjectName("muted")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.clicked.connect(self.cancel)
+        self.cancel_button.setVisible(cancellable)
         layout.addWidget(self.label, 1)
         layout.addWidget(self.bar)
         layout.addWidget(self.bytes_label)

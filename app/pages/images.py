@@ -295,6 +295,7 @@ class ObjectPage(QWidget):
         show_error(self, title, message)
 
     def run_task(self, label: str, work: Callable[..., Any], *, total: int = 0,
+                 cancellable: bool = True,
                  on_success: Callable[[Any], None] | None = None,
                  failure_title: str = "") -> TaskRow:
         """Run ``work(cancelled, progress)`` on a worker with a progress row and Cancel."""
@@ -306,8 +307,8 @@ class ObjectPage(QWidget):
             else:
                 self.fail(title, err)
 
-        task = TaskRow(label, work, total=total, on_success=on_success, on_failure=failed,
-                       parent=self)
+        task = TaskRow(label, work, total=total, cancellable=cancellable,
+                       on_success=on_success, on_failure=failed, parent=self)
         self.tasks.append(task)
         task.destroyed.connect(lambda *_: self.tasks.remove(task) if task in self.tasks else None)
         self.task_box.addWidget(task)
@@ -542,6 +543,7 @@ class ImagesPage(ObjectPage):
         return self.run_task(
             f"Loading {src.name}",
             lambda _cancelled, _progress: client.load_image(src),
+            cancellable=False,  # one upload request; the client offers no way to stop it
             on_success=lambda names: self.notify(
                 "Images loaded", f"Loaded {', '.join(names) or 'the archive'}."),
             failure_title="Load images",
@@ -564,6 +566,7 @@ class ImagesPage(ObjectPage):
         return self.run_task(
             f"Importing {src.name}",
             lambda _cancelled, _progress: client.import_image(src, reference),
+            cancellable=False,  # one upload request; the client offers no way to stop it
             on_success=lambda ident: self.notify(
                 "Image imported", f"Imported {src.name} as {reference or ident}."),
             failure_title="Import image",
@@ -579,6 +582,7 @@ class ImagesPage(ObjectPage):
             lambda: self.run_task(
                 "Pruning images",
                 lambda _c, _p: client.prune_images(dangling_only=dangling_only),
+                cancellable=False,  # the engine prunes in one request
                 on_success=lambda r: self.notify("Images pruned", prune_text("images", r)),
                 failure_title="Prune images",
             ),

@@ -133,6 +133,7 @@ class NetworksPage(ObjectPage):
             lambda: self.run_task(
                 "Pruning networks",
                 lambda _c, _p: client.prune_networks(),
+                cancellable=False,  # the engine prunes in one request
                 on_success=lambda r: self.notify("Networks pruned", prune_text("networks", r)),
                 failure_title="Prune networks",
             ),

@@ -251,6 +251,7 @@ class VolumesPage(ObjectPage):
             lambda: self.run_task(
                 "Pruning volumes",
                 lambda _c, _p: client.prune_volumes(all_unused=True),
+                cancellable=False,  # the engine prunes in one request
                 on_success=lambda r: self.notify("Volumes pruned", prune_text("volumes", r)),
                 failure_title="Prune volumes",
             ),

@@ -336,3 +336,107 @@ def test_prune_dangling_reports_space(
     assert notes[0][1].startswith("Pruned images: "), notes
     assert "reclaimed" in notes[0][1]
     qtbot.waitUntil(lambda: page.proxy.rowCount() == 0, timeout=20000)
+
+
+# ---- cancellation, settings, session switches ----------------------------------------------
+class _BlockingStream:
+    """A pull stream that yields recorded lines, then blocks until closed (a slow registry)."""
+
+    def __init__(self, lines: list[PullProgress]) -> None:
+        import threading
+
+        self.lines = lines
+        self.closed = threading.Event()
+
+    def __iter__(self) -> Any:
+        yield from self.lines
+        self.closed.wait(30)
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+class _SlowPullClient:
+    def __init__(self, stream: _BlockingStream) -> None:
+        self.stream = stream
+        self.pulled: list[str] = []
+
+    def pull(self, reference: str) -> _BlockingStream:
+        self.pulled.append(reference)
+        return self.stream
+
+
+def test_pull_cancel_closes_the_stream(qtbot: Any) -> None:
+    stream = _BlockingStream(recorded("pull_cancelled_midway.jsonl"))
+    client = _SlowPullClient(stream)
+    dialog = PullDialog(client, "postgres:16")  # type: ignore[arg-type]
+    qtbot.addWidget(dialog)
+    pulled: list[str] = []
+    dialog.pulled.connect(pulled.append)
+    dialog.start_pull()
+    qtbot.waitUntil(lambda: "2d429b9e73a6" in dialog.tracker.layers, timeout=5000)
+    assert 0 < dialog.layer_fraction("2d429b9e73a6") < 0.1
+    dialog.cancel_button.click()
+    assert stream.closed.is_set()
+    assert dialog.status.text() == "Pull cancelled."
+    qtbot.waitUntil(lambda: dialog.pull_button.isEnabled(), timeout=5000)
+    assert pulled == []
+    assert client.pulled == ["postgres:16"]
+
+
+def test_export_cancelled_leaves_no_file(qtbot: Any, ctx: Any, tmp_path: Path) -> None:
+    page = ImagesPage(ctx)
+    qtbot.addWidget(page)
+    qtbot.waitUntil(lambda: _row_for(page, "berth-test/busybox:latest") is not None)
+    row = _row_for(page, "berth-test/busybox:latest")
+    assert row is not None
+    dest = tmp_path / "cancelled.tar"
+    task = page.export_to(row, dest)
+    assert task is not None
+    task.cancel()
+    with qtbot.waitSignal(task.finished, timeout=60000) as blocker:
+        pass
+    assert blocker.args[0] is False
+    assert not dest.exists() and list(tmp_path.glob("*.tar*")) + list(tmp_path.glob(".*")) == []
+    assert "cancelled" in page.status.text()
+
+
+def test_no_confirmation_when_the_user_turned_it_off(
+    qtbot: Any, ctx: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx.settings.confirm_destructive = False
+    page = ImagesPage(ctx)
+    qtbot.addWidget(page)
+    calls: list[bool] = []
+    monkeypatch.setattr(ctx.session.client, "prune_images",
+                        lambda dangling_only=True: calls.append(dangling_only)
+                        or PruneResult((), 0))
+    page.prune_dangling_act.trigger()
+    assert [b for b in page.findChildren(QMessageBox) if b.isVisible()] == []
+    qtbot.waitUntil(lambda: calls == [True], timeout=10000)
+
+
+def test_session_switch_empties_and_refills_without_reset(qtbot: Any, ctx: Any) -> None:
+    page = ImagesPage(ctx)
+    qtbot.addWidget(page)
+    qtbot.waitUntil(lambda: page.images.rowCount() > 0)
+    resets: list[int] = []
+    page.images.modelReset.connect(lambda: resets.append(1))
+    session = ctx.session
+    page.set_session(None)
+    assert page.images.rowCount() == 0
+    assert not page.remove_act.isEnabled() and not page.banner.isHidden()
+    page.set_session(session)
+    assert page.images.rowCount() > 0
+    assert resets == []
+
+
+def test_pages_register_under_their_keys() -> None:
+    from app.pages import registry
+
+    registry.load_page_modules()
+    for key, cls in (("images", "ImagesPage"), ("volumes", "VolumesPage"),
+                     ("networks", "NetworksPage")):
+        spec = registry.page(key)
+        assert spec is not None and not spec.placeholder
+        assert getattr(spec.factory, "__name__", "") == cls
