@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.vm.tiny_guest import TinyGuest, build_tiny_guest
+from tests.vm.tiny_guest import TinyGuest, build_arm64_probe_guest, build_tiny_guest
 from vm_backend.machine.accel import AcceleratorProbe, kvm_device_error
 from vm_backend.machine.hostinfo import Arch, detect_host
 from vm_backend.machine.image import GuestImage
@@ -327,3 +327,34 @@ def test_kvm_probe_falls_back_to_tcg_when_kvm_is_broken(tiny_guest: TinyGuest,
     t0 = time.monotonic()
     assert probe.choose(Accelerator.AUTO, Arch.AMD64, tiny_guest.kernel) == choice
     assert time.monotonic() - t0 < 0.5
+
+
+def test_arm64_virt_machine_under_tcg(home: Path, tmp_path: Path, probe_cache: Path) -> None:
+    """The arm64 command line (virt, ttyAMA0, PCI virtio) accepted and driven end to end.
+
+    The 'kernel' is a raw aarch64 program printing the markers on the PL011, so this runs
+    in seconds without an arm64 Debian kernel.
+    """
+    if shutil.which("qemu-system-aarch64") is None:
+        pytest.skip("qemu-system-aarch64 is not installed")
+    guest = build_arm64_probe_guest(tmp_path / "arm64")
+    host = detect_host()
+    m = Machine(
+        "arm", image=GuestImage(guest.kernel, guest.initrd, guest.rootfs, Arch.ARM64),
+        home=home, host=host, probe=AcceleratorProbe(host, probe_cache),
+    )
+    m.create(MachineSpec(name="arm", arch=Arch.ARM64, cpus=1, memory_mib=512, disk_gib=4))
+    try:
+        status = m.start()
+        assert status.state is MachineState.RUNNING
+        assert status.accelerator is Accelerator.TCG
+        assert "can only be emulated" in status.accel_reason
+        assert status.timeline is not None
+        assert all(r.state is StageState.DONE for r in status.timeline.stages)
+        qmp = m.qmp
+        assert qmp is not None and qmp.query_status().running
+        # Nothing in this 'guest' handles the power button: the stop must fall to quit.
+        assert m.stop(timeout=1) is StopOutcome.QUIT
+    finally:
+        m.kill()
+        m.close()

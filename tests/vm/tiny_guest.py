@@ -184,6 +184,36 @@ def ensure_kernel() -> Path | None:
     return kernel_dir
 
 
+def arm64_console_program(text: str) -> bytes:
+    """A raw aarch64 program that writes ``text`` to the virt board's PL011 and spins.
+
+    No Linux kernel for arm64 is needed to exercise Berth's arm64 ``virt`` command line,
+    chardevs, QMP and console path under TCG: QEMU loads a raw image and jumps to it.
+    """
+    words = [0xD2A12000]  # movz x0, #0x0900, lsl #16  (PL011 data register, 0x09000000)
+    for byte in text.encode():
+        words.append(0x52800001 | (byte << 5))  # movz w1, #byte
+        words.append(0x39000001)  # strb w1, [x0]
+    words.append(0x14000000)  # b .
+    return b"".join(w.to_bytes(4, "little") for w in words)
+
+
+def build_arm64_probe_guest(directory: Path) -> TinyGuest:
+    """An arm64 'guest' that prints the kernel banner and every BERTH-STAGE line."""
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = ["Linux version 0.0-raw-arm64"]
+    lines += [f"BERTH-STAGE {stage} 0.{i}" for i, stage in enumerate(
+        ("init", "network", "datadisk", "sshd", "engine", "agent", "ready"), start=1)]
+    kernel = directory / "Image"
+    kernel.write_bytes(arm64_console_program("\r\n".join(lines) + "\r\n"))
+    initrd = directory / "initrd.img"
+    initrd.write_bytes(b"\0" * 512)
+    rootfs = directory / "rootfs.squashfs"
+    with rootfs.open("wb") as fh:
+        fh.truncate(1024 * 1024)
+    return TinyGuest(directory, kernel, initrd, rootfs)
+
+
 def build_tiny_guest(directory: Path) -> TinyGuest | None:
     """Write vmlinuz, initrd.img and a dummy rootfs into ``directory``."""
     if not BUSYBOX.exists():
