@@ -25,32 +25,41 @@ IMAGE = "berth-test/busybox:latest"
 
 
 def _event(i: int, type_: str = "container", action: str = "start", name: str = "") -> Event:
-    return Event(type_, action, f"{i:064x}", name or f"c{i}", 1_700_000_000_000_000_000 + i,
-                 {"name": name or f"c{i}", "image": "busybox"})
+    return Event(
+        type_,
+        action,
+        f"{i:064x}",
+        name or f"c{i}",
+        1_700_000_000_000_000_000 + i,
+        {"name": name or f"c{i}", "image": "busybox"},
+    )
 
 
 # ---- settings -----------------------------------------------------------------------------
-def test_settings_persist_and_apply(qtbot: Any, berth_home: Path, tmp_path: Path,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_settings_persist_and_apply(
+    qtbot: Any, berth_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
     ctx = AppContext(Settings())
     page = SettingsPage(ctx)
     qtbot.addWidget(page)
     page.theme.setCurrentIndex(page.theme.findData("dark"))
-    qtbot.waitUntil(lambda: Settings.path().exists() and Settings.load().theme == "dark")
+    qtbot.waitUntil(
+        lambda: Settings.path().exists() and Settings.load().theme == "dark", timeout=20_000
+    )
     palette = QApplication.instance().palette()  # type: ignore[union-attr]
     assert palette.window().color().lightness() < 100
     page.confirm.setChecked(False)
     page.log_lines.setValue(250_000)
-    qtbot.waitUntil(lambda: Settings.load().log_buffer_lines == 250_000)
+    qtbot.waitUntil(lambda: Settings.load().log_buffer_lines == 250_000, timeout=20_000)
     assert Settings.load().confirm_destructive is False
     page.start_at_login.setChecked(True)
-    qtbot.waitUntil(lambda: autostart_file().exists())
+    qtbot.waitUntil(lambda: autostart_file().exists(), timeout=20_000)
     assert "Exec=" in autostart_file().read_text()
     page.start_at_login.setChecked(False)
-    qtbot.waitUntil(lambda: not autostart_file().exists())
+    qtbot.waitUntil(lambda: not autostart_file().exists(), timeout=20_000)
     page.theme.setCurrentIndex(page.theme.findData("light"))
-    qtbot.waitUntil(lambda: Settings.load().theme == "light")
+    qtbot.waitUntil(lambda: Settings.load().theme == "light", timeout=20_000)
 
 
 def test_corrupt_settings_file_falls_back_to_defaults(berth_home: Path) -> None:
@@ -88,7 +97,7 @@ def test_engines_page_lists_switches_adds(qtbot: Any, docker_url: str) -> None:
     assert page.use_button.isEnabled()
     assert "docker" in page.hint.text()
     page.default_button.click()
-    qtbot.waitUntil(lambda: Settings.load().default_engine == docker_url)
+    qtbot.waitUntil(lambda: Settings.load().default_engine == docker_url, timeout=20_000)
     page.add_engine("ssh://nobody")  # no user@: refused before any connection
     assert "user" in page.status.text()
     page.add_engine("unix:///nonexistent/engine.sock")
@@ -99,7 +108,7 @@ def test_engines_page_lists_switches_adds(qtbot: Any, docker_url: str) -> None:
     page.view.selectRow(manual)
     assert page.remove_button.isEnabled() and not page.use_button.isEnabled()
     page.remove_button.click()
-    qtbot.waitUntil(lambda: Settings.load().extra_endpoints == [])
+    qtbot.waitUntil(lambda: Settings.load().extra_endpoints == [], timeout=20_000)
     ctx.shutdown()
 
 
@@ -142,11 +151,11 @@ def test_events_page_live_from_dockerd(qtbot: Any, docker_url: str, docker_api: 
     page = EventsPage(ctx)
     qtbot.addWidget(page)
     ctx.use_session(session)
-    session.start()
     qtbot.waitUntil(lambda: session.connected, timeout=10_000)
     name = f"berth-ev-{uuid.uuid4().hex[:6]}"
-    cid = docker_api.create_container(IMAGE, ["true"], name=name,
-                                      labels={"berth.test.gui": "1"})["Id"]
+    cid = docker_api.create_container(IMAGE, ["true"], name=name, labels={"berth.test.gui": "1"})[
+        "Id"
+    ]
     try:
         qtbot.waitUntil(
             lambda: any(e.id == cid and e.action == "create" for e in page.model.events),
@@ -162,13 +171,15 @@ def test_human_sizes() -> None:
     assert human(0) == "0 B" and human(1500) == "1.5 kB" and human(2_000_000_000) == "2.0 GB"
 
 
-def test_disk_page_reads_real_usage_and_previews(qtbot: Any, docker_url: str,
-                                                 docker_api: Any) -> None:
+def test_disk_page_reads_real_usage_and_previews(
+    qtbot: Any, docker_url: str, docker_api: Any
+) -> None:
     session = EngineSession(endpoint_for(docker_url))
     ctx = AppContext(Settings())
     name = f"berth-df-{uuid.uuid4().hex[:6]}"
-    cid = docker_api.create_container(IMAGE, ["true"], name=name,
-                                      labels={"berth.test.gui": "1"})["Id"]
+    cid = docker_api.create_container(IMAGE, ["true"], name=name, labels={"berth.test.gui": "1"})[
+        "Id"
+    ]
     try:
         page = DiskPage(ctx)
         qtbot.addWidget(page)
@@ -188,8 +199,9 @@ def test_prune_plan_matches_engine_lists(docker_url: str, docker_api: Any) -> No
 
     client = EngineClient(docker_url)
     name = f"berth-df-{uuid.uuid4().hex[:6]}"
-    cid = docker_api.create_container(IMAGE, ["true"], name=name,
-                                      labels={"berth.test.gui": "1"})["Id"]
+    cid = docker_api.create_container(IMAGE, ["true"], name=name, labels={"berth.test.gui": "1"})[
+        "Id"
+    ]
     try:
         plan = plan_prune(client, all_images=False, volumes=False)
         assert any(name in c for c in plan.containers)
