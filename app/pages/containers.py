@@ -402,11 +402,13 @@ class ContainersPage(QWidget):
         if self.session is not None:
             try:
                 self.session.connection_changed.disconnect(self._connection_changed)
+                self.session.diffs.disconnect(self._diffs_arrived)
             except (RuntimeError, TypeError):
                 pass  # the old session is already gone
         self.session = session
         if session is not None:
             session.connection_changed.connect(self._connection_changed)
+            session.diffs.connect(self._diffs_arrived)
         if self.pool is not None:
             self.pool.close()
             self.pool.deleteLater()
@@ -416,6 +418,10 @@ class ContainersPage(QWidget):
             self.pool = StatsPool(session.endpoint.url, self)
             self.pool.samples.connect(self.model.set_stats)
         self._model_changed()
+        self._stats_timer.start()
+
+    def _diffs_arrived(self, _diffs: list[object]) -> None:
+        # Containers started or stopped: which ones get stats streams may change.
         self._stats_timer.start()
 
     def _connection_changed(self, _connected: bool, _reason: str) -> None:

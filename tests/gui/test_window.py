@@ -67,11 +67,12 @@ def test_registering_a_real_page_replaces_the_placeholder_live(
         register_placeholders()
         assert window.page_widget("networks") is built[0]
         # A brand-new key gets its own sidebar entry, in order.
-        registry.register_page("events", "Events", lambda ctx: QLabel("events"))
-        assert "events" in window.page_keys()
-        assert window.page_keys().index("events") < window.page_keys().index("machine")
+        registry.register_page("test-extra", "Extra", lambda ctx: QLabel("extra"), order=75)
+        assert "test-extra" in window.page_keys()
+        keys = window.page_keys()
+        assert keys.index("networks") < keys.index("test-extra") < keys.index("machine")
     finally:
-        registry.unregister_page("events")
+        registry.unregister_page("test-extra")
         registry.unregister_page("networks")
         if original.placeholder:
             register_placeholders()
