@@ -298,3 +298,55 @@ def test_start_without_image(home: Path) -> None:
     with pytest.raises(ImageError, match="No guest image"):
         m.start()
     m.close()
+
+
+_START_IN_CHILD = """
+import sys, json
+sys.path.insert(0, {root!r})
+sys.path.insert(0, {testdir!r})
+from pathlib import Path
+import test_machine as t
+from vm_backend.machine.image import GuestImage
+image = GuestImage(Path({kernel!r}), Path({initrd!r}), Path({rootfs!r}))
+m = t.make(Path({home!r}), image)
+status = m.start()
+print(json.dumps({{"state": status.state.value, "pid": status.pid,
+                   "detail": status.detail}}), flush=True)
+sys.stdin.read()  # stay alive (holding QMP, if we got it) until the test is done
+m.close()
+"""
+
+
+def test_two_processes_starting_at_once_leave_one_qemu(home: Path, image: GuestImage) -> None:
+    """Two berthd-like processes: one boots QEMU, the other finds it running."""
+    import json
+
+    make(home, image).close()  # create the machine once
+    code = _START_IN_CHILD.format(
+        root=str(Path(__file__).resolve().parents[3]), testdir=str(Path(__file__).parent),
+        kernel=str(image.kernel), initrd=str(image.initrd), rootfs=str(image.rootfs),
+        home=str(home),
+    )
+    children = [
+        subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    try:
+        reports = []
+        for child in children:
+            assert child.stdout is not None
+            reports.append(json.loads(child.stdout.readline()))
+        assert [r["state"] for r in reports] == ["running", "running"]
+        assert reports[0]["pid"] == reports[1]["pid"]
+        # The loser could not take QEMU's single QMP connection and says so.
+        assert any("not controllable" in r["detail"] for r in reports)
+        out = subprocess.run(["pgrep", "-f", str(make(home, image).paths.pidfile)],
+                             capture_output=True, text=True, check=False).stdout.split()
+        assert len(out) == 1
+    finally:
+        for child in children:
+            child.communicate("", timeout=10)
+        survivor = make(home, image)
+        survivor.kill()
+        survivor.close()
