@@ -11,7 +11,7 @@ start_engine=1
 export DEBIAN_FRONTEND=noninteractive
 packages=(
   # engines Berth manages on Linux, and their runtime
-  docker.io podman runc
+  docker.io podman runc docker-compose
   # the helper VM: QEMU, images and the guest-image build
   qemu-system-x86 qemu-utils debootstrap squashfs-tools e2fsprogs cpio busybox-static
   # real SSH server for the transport tests; curl for service checks

@@ -1,0 +1,53 @@
+"""The tray: failure notifications, engine state, and the VM item."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.context import AppContext
+from app.tray import BerthTray, failure_message
+from tests.gui.conftest import FakeSession
+from vm_backend.engine.models import Event
+from vm_backend.settings import Settings
+
+
+def _die(code: str, name: str = "web") -> Event:
+    return Event("container", "die", "a" * 64, name, 1, {"exitCode": code, "name": name})
+
+
+def test_failure_messages() -> None:
+    assert failure_message(_die("0")) is None
+    assert failure_message(_die("137")) == "Container web exited with code 137."
+    assert failure_message(Event("container", "oom", "b" * 64, "x", 1, {})) is not None
+    assert failure_message(Event("image", "pull", "c", "", 1, {})) is None
+
+
+def test_tray_notifies_failures_and_engine_loss(qtbot: Any) -> None:
+    ctx = AppContext(Settings())
+    tray = BerthTray(ctx)
+    session = FakeSession()
+    ctx.session = session  # type: ignore[assignment]
+    ctx.session_changed.emit(session)
+    session.connection_changed.emit(True, "")
+    assert "running" in tray.state_action.text()
+    session.events.emit([_die("0"), _die("2", "<b>api</b>")])
+    assert tray.notifications == [("Container failed", "Container <b>api</b> exited with code 2.")]
+    session.connection_changed.emit(False, "connection refused")
+    assert "unreachable" in tray.state_action.text()
+    assert tray.notifications[-1] == (
+        "Engine unreachable",
+        f"{session.endpoint.name}: connection refused",
+    )
+    ctx.settings.notify_failures = False
+    session.events.emit([_die("1")])
+    assert len(tray.notifications) == 2
+
+
+def test_vm_item_hidden_without_a_machine(qtbot: Any) -> None:
+    tray = BerthTray(AppContext(Settings()))
+    qtbot.waitUntil(lambda: not tray.vm_toggle_action.isVisible(), timeout=10_000)
+    tray._vm_status({"state": "running"})
+    assert tray.vm_toggle_action.isVisible()
+    assert tray.vm_toggle_action.text() == "Stop the VM"
+    tray._vm_status({"state": "stopped"})
+    assert tray.vm_toggle_action.text() == "Start the VM"
