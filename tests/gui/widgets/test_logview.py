@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PySide6.QtCore import QPoint, Qt
 from PySide6.QtGui import QFontMetrics, QGuiApplication, QImage
 
-from app.widgets.logview import LogLine, LogModel, LogPanel, LogView, display_text
+from app.widgets.logview import LogLine, LogModel, LogPanel, LogView, clean_text, display_text
 
 
 def numbered(n: int, start: int = 0, stream: str = "stdout") -> list[tuple[str, str, str]]:
@@ -304,3 +306,28 @@ def test_highlight_paints_matches_only(panel: LogPanel) -> None:
     panel.toolbar.regex.setChecked(True)
     panel.toolbar.highlight_edit.setText("[")
     assert "Invalid regex" in panel.toolbar.message.text()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    capacity=st.integers(1, 40),
+    batches=st.lists(
+        st.lists(st.sampled_from(["a", "b", "ab", "<b>", "\x1b[1mx", "c"]), max_size=60),
+        max_size=12,
+    ),
+    pattern=st.sampled_from(["", "a", "b", "<", "x"]),
+)
+def test_ring_matches_reference(capacity: int, batches: list[list[str]], pattern: str) -> None:
+    """Whatever the batches: the buffer is the newest `capacity` lines, the
+    dropped count adds up, and the filtered rows are those a plain scan finds."""
+    model = LogModel(capacity=capacity)
+    model.set_filter(pattern)
+    every: list[str] = []
+    for batch in batches:
+        model.append_lines(batch)
+        every.extend(batch)
+    kept = [clean_text(t) for t in every[-capacity:]] if every else []
+    assert [line.text for line in model.all_lines()] == kept
+    assert model.dropped == max(0, len(every) - capacity)
+    shown = [model.line_at(r).text for r in range(model.rowCount())]
+    assert shown == [t for t in kept if pattern in t]

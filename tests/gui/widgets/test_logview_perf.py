@@ -29,10 +29,12 @@ def test_million_lines_in_batches_stays_smooth(qtbot: Any) -> None:
             )
             for i in range(1000)
         ]
-        started = time.perf_counter()
+        # CPU time of this (the GUI) thread: what a batch costs, unaffected by
+        # whatever else runs on a shared 2-core CI machine.
+        started = time.thread_time()
         panel.append_lines(lines)
         panel.view.viewport().repaint()  # paint now: part of the cost of a batch
-        times.append(time.perf_counter() - started)
+        times.append(time.thread_time() - started)
         if batch == 150:
             rss_full = process.memory_info().rss
     rss_end = process.memory_info().rss
