@@ -94,6 +94,11 @@ class ObjectPage(QWidget):
         self.search.setPlaceholderText(self.search_hint)
         self.search.setClearButtonEnabled(True)
         self.search.textChanged.connect(self.proxy.setFilterFixedString)
+        find = QAction(self)
+        find.setShortcut(QKeySequence(QKeySequence.StandardKey.Find))
+        find.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+        find.triggered.connect(lambda: self.search.setFocus())
+        self.addAction(find)
         filters.addWidget(self.search, 1)
         self.filters = filters
         self.count_label = plain_label()

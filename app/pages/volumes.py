@@ -31,10 +31,11 @@ from app.pages.images import ObjectPage, prune_text
 from app.pages.registry import register_page
 from vm_backend.engine.models import Container, DiskUsage, Volume
 from vm_backend.engine.monitor import Diff
-from vm_backend.engine.volume_helper import export_volume, import_volume
+from vm_backend.engine.volume_helper import export_volume, import_volume, remove_stale_helpers
 
 if TYPE_CHECKING:
     from app.context import AppContext
+    from app.session import EngineSession
     from vm_backend.engine.client import EngineClient
 
 USAGE_DEBOUNCE_MS = 400
@@ -87,6 +88,14 @@ class VolumesPage(ObjectPage):
         self.finish_setup()
 
     # ---- model feed ------------------------------------------------------------------------
+    def set_session(self, session: EngineSession | None) -> None:
+        super().set_session(session)
+        if session is not None:
+            # Helpers of a Berth that crashed mid-transfer would hold their volume forever.
+            Op(remove_stale_helpers, session.client).failure(
+                lambda err: self.say(f"Could not clean up old volume helpers: {err}")
+            ).run(self)
+
     def apply_diff(self, diff: Diff[Any]) -> None:
         super().apply_diff(diff)
         if diff.added or diff.removed:

@@ -27,6 +27,7 @@ from vm_backend.engine.volume_helper import (
     helper_containers,
     import_volume,
     list_volume_dir,
+    remove_stale_helpers,
     upload_to_volume,
 )
 
@@ -194,4 +195,14 @@ def test_unsafe_archive_is_refused(client: EngineClient, volume: str, tmp_path: 
     not_tar.write_text("not a tar")
     with pytest.raises(VolumeHelperError, match="not a readable tar"):
         import_volume(client, volume, not_tar)
+    assert _no_helpers(client)
+
+
+def test_stale_helpers_are_swept_young_ones_kept(client: EngineClient, volume: str) -> None:
+    with VolumeHelper(client, volume, labels=TEST_LABEL) as helper:
+        # In use right now (young): a sweep with the normal age limit leaves it alone.
+        assert remove_stale_helpers(client) == []
+        assert [h.id for h in helper_containers(client)] == [helper.container_id]
+        # As if its Berth had crashed long ago: swept; __exit__ then finds it gone.
+        assert remove_stale_helpers(client, older_than=-60) == [helper.container_id]
     assert _no_helpers(client)

@@ -22,6 +22,7 @@ import os
 import posixpath
 import tarfile
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -128,6 +129,26 @@ def pick_helper_image(client: EngineClient) -> str:
 def helper_containers(client: EngineClient) -> list[Container]:
     """Helper containers that still exist (normally none, even after failures)."""
     return client.containers(all=True, filters={"label": f"{HELPER_LABEL}=1"})
+
+
+def remove_stale_helpers(client: EngineClient, older_than: float = 600.0) -> list[str]:
+    """Remove helpers left by a crashed Berth; returns their ids.
+
+    A helper lives for one transfer, so one older than ``older_than`` seconds belongs to
+    a process that died mid-operation (``__exit__`` never ran). Younger ones may be in
+    use by another Berth window or the CLI right now and are left alone.
+    """
+    cutoff = time.time() - older_than
+    removed: list[str] = []
+    for helper in helper_containers(client):
+        if helper.created and helper.created > cutoff:
+            continue
+        try:
+            client.remove(helper.id, force=True)
+        except NotFound:
+            continue
+        removed.append(helper.id)
+    return removed
 
 
 def _int(value: object) -> int:
