@@ -356,7 +356,7 @@ def test_build_streamed_and_tagged(client: EngineClient, tmp_path: Path, test_im
 
 
 def test_prune_images(client: EngineClient) -> None:
-    result = client.prune_images(dangling_only=True)
+    result = client.prune_images(dangling_only=True, label="berth.test=engine")
     assert isinstance(result.deleted, tuple) and result.space_reclaimed >= 0
     assert any(t.endswith("berth-test/busybox:latest") for i in client.images() for t in i.tags)
 
@@ -384,7 +384,10 @@ def test_volumes(client: EngineClient) -> None:
     client.remove_volume(name)
     assert name not in {v.name for v in client.volumes()}
     anon = client.create_volume(labels={"berth.test": "engine"})
-    pruned = client.prune_volumes(all_unused=True)
+    keep = client.create_volume(labels={"berth.keep": "1"})
+    pruned = client.prune_volumes(all_unused=True, label="berth.test=engine")
+    client.remove_volume(keep.name)
+    assert keep.name not in pruned.deleted  # the label filter held
     # Docker 20.10 and Podman 4.3 prune every unused volume (no anonymous-only rule yet).
     assert anon.name in pruned.deleted
     assert anon.name not in {v.name for v in client.volumes()}
@@ -423,7 +426,7 @@ def test_networks(client: EngineClient, make_container: MakeContainer) -> None:
     assert name not in {n.name for n in client.networks()}
     spare = unique_name("berth-net")
     client.create_network(spare, labels={"berth.test": "engine"})
-    pruned = client.prune_networks()
+    pruned = client.prune_networks(label="berth.test=engine")
     assert spare in pruned.deleted
     assert spare not in {n.name for n in client.networks()}
 
@@ -436,7 +439,8 @@ def test_disk_usage_and_prune_containers(
     du = client.disk_usage()
     assert du.images.total >= 1 and du.images.size > 0
     assert du.containers.total >= 1
-    pruned = client.prune_containers()
+    # Only ours: the engines are shared with other suites.
+    pruned = client.prune_containers(label="berth.test=engine")
     assert cid in pruned.deleted
     with pytest.raises(NotFound):
         client.container(cid)

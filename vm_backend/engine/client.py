@@ -199,8 +199,12 @@ class EngineClient:
             tuple(tuple(str(c) for c in row) for row in raw.get("Processes") or []),
         )
 
-    def prune_containers(self) -> PruneResult:
-        raw = call("Pruning stopped containers", self.api.prune_containers)
+    def prune_containers(self, label: str = "") -> PruneResult:
+        """Remove stopped containers (only those with ``label``, "k" or "k=v", if given)."""
+        filters = {"label": label} if label else None
+        raw = call(
+            "Pruning stopped containers", lambda: self._untyped.prune_containers(filters=filters)
+        )
         return PruneResult(
             tuple(raw.get("ContainersDeleted") or []), int(raw.get("SpaceReclaimed") or 0)
         )
@@ -373,8 +377,10 @@ class EngineClient:
             for h in raw
         ]
 
-    def prune_images(self, dangling_only: bool = True) -> PruneResult:
+    def prune_images(self, dangling_only: bool = True, label: str = "") -> PruneResult:
         filters = {"dangling": "true" if dangling_only else "false"}
+        if label:
+            filters["label"] = label
         raw = call("Pruning images", lambda: self._untyped.prune_images(filters=filters))
         deleted = tuple(
             str(d.get("Deleted") or d.get("Untagged") or "") for d in raw.get("ImagesDeleted") or []
@@ -494,15 +500,15 @@ class EngineClient:
     def remove_volume(self, name: str, force: bool = False) -> None:
         call(f"Removing volume {name}", lambda: self.api.remove_volume(name, force=force))
 
-    def prune_volumes(self, all_unused: bool = False) -> PruneResult:
+    def prune_volumes(self, all_unused: bool = False, label: str = "") -> PruneResult:
         # Docker 23+ (API 1.42) prunes only anonymous volumes unless all=true; older
         # engines prune every unused volume and reject the "all" filter with a 400.
-        filters = None
+        filters: dict[str, str] = {"label": label} if label else {}
         if all_unused and self.kind is EngineKind.DOCKER and docker.utils.version_gte(
             str(self.api.api_version), "1.42"
         ):
-            filters = {"all": "true"}
-        raw = call("Pruning volumes", lambda: self.api.prune_volumes(filters=filters))
+            filters["all"] = "true"
+        raw = call("Pruning volumes", lambda: self.api.prune_volumes(filters=filters or None))
         return PruneResult(
             tuple(raw.get("VolumesDeleted") or []), int(raw.get("SpaceReclaimed") or 0)
         )
@@ -568,8 +574,9 @@ class EngineClient:
             lambda: self.api.disconnect_container_from_network(container, network, force=force),
         )
 
-    def prune_networks(self) -> PruneResult:
-        raw = call("Pruning networks", self.api.prune_networks)
+    def prune_networks(self, label: str = "") -> PruneResult:
+        filters = {"label": label} if label else None
+        raw = call("Pruning networks", lambda: self._untyped.prune_networks(filters=filters))
         return PruneResult(tuple(raw.get("NetworksDeleted") or []), 0)
 
     def prune_build_cache(self) -> PruneResult:
