@@ -69,7 +69,7 @@ class ObjectPage(QWidget):
     kind = ""  # the Diff kind this page's model follows
     noun = "items"  # for the count ("3 of 7 images")
     search_hint = "Search"
-    stretch_column = 0  # takes the spare width; the others fit their contents once
+    stretch_column = 0  # takes the spare width; the others grow to fit their contents
 
     def __init__(self, ctx: AppContext, model: KeyedTableModel[Any],
                  parent: QWidget | None = None) -> None:
