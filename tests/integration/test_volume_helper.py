@@ -206,3 +206,17 @@ def test_stale_helpers_are_swept_young_ones_kept(client: EngineClient, volume: s
         # As if its Berth had crashed long ago: swept; __exit__ then finds it gone.
         assert remove_stale_helpers(client, older_than=-60) == [helper.container_id]
     assert _no_helpers(client)
+
+
+class _NoImages:
+    def images(self) -> list[object]:
+        return []
+
+
+def test_no_local_image_says_what_to_do() -> None:
+    from vm_backend.engine.volume_helper import pick_helper_image
+
+    with pytest.raises(VolumeHelperError) as info:
+        pick_helper_image(_NoImages())  # type: ignore[arg-type]
+    assert "no local image" in info.value.message
+    assert "busybox" in info.value.hint

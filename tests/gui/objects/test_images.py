@@ -440,3 +440,23 @@ def test_pages_register_under_their_keys() -> None:
         spec = registry.page(key)
         assert spec is not None and not spec.placeholder
         assert getattr(spec.factory, "__name__", "") == cls
+
+
+def test_build_cancel_stops_and_says_so(qtbot: Any, ctx: Any, tmp_path: Path) -> None:
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text(
+        "FROM berth-test/busybox:latest\nLABEL berth.test=objects\nCOPY . /ctx\n")
+    (context / "blob").write_bytes(b"\0" * (32 << 20))
+    build = BuildDialog(ctx.session.client)
+    qtbot.addWidget(build)
+    build.folder.setText(str(context))
+    build.tag_edit.setText("berth-objects-test/cancelled:1")
+    built: list[str] = []
+    build.built.connect(lambda _i, tag: built.append(tag))
+    with qtbot.waitSignal(build.finished, timeout=120000) as blocker:
+        build.start_build()
+        build.cancel_button.click()
+    assert blocker.args == [False, "Build cancelled."]
+    assert built == []
+    assert build.build_button.isEnabled()
