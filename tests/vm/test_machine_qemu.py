@@ -20,7 +20,6 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.vm.tiny_guest import TinyGuest, build_arm64_probe_guest, build_tiny_guest
 from vm_backend.machine.accel import AcceleratorProbe, kvm_device_error
 from vm_backend.machine.hostinfo import Arch, detect_host
 from vm_backend.machine.image import GuestImage
@@ -30,6 +29,13 @@ from vm_backend.machine.qmp import QmpError
 from vm_backend.machine.spec import Accelerator, MachineSpec
 from vm_backend.machine.state import read_pid
 from vm_backend.machine.timeline import BootFailure, Stage, StageState
+
+# tests/vm is not a package: under pytest's default import mode this directory is on
+# sys.path; when run as part of a 'tests' package import (python -m), use that path.
+try:
+    from tiny_guest import TinyGuest, build_arm64_probe_guest, build_tiny_guest
+except ImportError:
+    from tests.vm.tiny_guest import TinyGuest, build_arm64_probe_guest, build_tiny_guest
 
 pytestmark = pytest.mark.vm
 
