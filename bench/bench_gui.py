@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -90,6 +91,9 @@ def remove_bench_containers(url: str) -> int:
             api.remove_container(cid, force=True)
         except docker.errors.NotFound:
             pass
+        except docker.errors.APIError as err:
+            if err.status_code != 409:  # 409: a removal is already in progress
+                raise
 
     _parallel(rm, ids)
     api.close()
@@ -123,6 +127,16 @@ def _window(url: str) -> tuple[Any, Any, Any]:
     return app, ctx, window
 
 
+_interrupted = threading.Event()
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    # Inside Qt's event loop a KeyboardInterrupt would be swallowed by the slot that
+    # happens to run; flag it instead, leave the loop, and raise from plain Python so
+    # the cleanup in main() runs.
+    _interrupted.set()
+
+
 def _run_until(pred: Callable[[], bool], timeout: float) -> bool:
     """Run the Qt event loop until ``pred()`` holds (checked every 50 ms) or the timeout."""
     from PySide6.QtCore import QEventLoop, QTimer
@@ -135,7 +149,7 @@ def _run_until(pred: Callable[[], bool], timeout: float) -> bool:
         if pred():
             ok[0] = True
             loop.quit()
-        elif time.monotonic() > deadline:
+        elif time.monotonic() > deadline or _interrupted.is_set():
             loop.quit()
 
     timer = QTimer()
@@ -145,6 +159,8 @@ def _run_until(pred: Callable[[], bool], timeout: float) -> bool:
         timer.start()
         loop.exec()
         timer.stop()
+    if _interrupted.is_set():
+        raise KeyboardInterrupt
     return ok[0]
 
 
@@ -343,6 +359,8 @@ def main() -> int:
             child_idle_baseline(float(rest[0]))
         return 0
 
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
     os.environ.setdefault("BERTH_HOME", str(Path("/tmp") / f"berth-bench-home-{os.getpid()}"))
     url = args.engine
     results: dict[str, Any] = {}
