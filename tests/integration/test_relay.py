@@ -59,7 +59,7 @@ def _engine_up() -> bool:
         return False
 
 
-def wait_until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+def wait_until(cond: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
@@ -301,7 +301,7 @@ def _dying_clients(direct: docker.DockerClient, relay: EngineSocketRelay) -> Non
         assert b"101" in s.recv(4096).split(b"\r\n", 1)[0]
         s.close()
 
-    wait_until(lambda: relay.active_connections == 0, timeout=20, what="relay to drop clients")
+    wait_until(lambda: relay.active_connections == 0, timeout=30, what="relay to drop clients")
     wait_until(lambda: threading.active_count() <= threads_before, what="pump threads to end")
     wait_until(lambda: _fd_count() <= fds_before, what="descriptors to be closed")
 

@@ -169,7 +169,8 @@ def test_mismatch_is_not_retried_even_when_asked_to_wait(
     started = time.monotonic()
     with pytest.raises(HostKeyMismatchError):
         ssh.connect(retry_for_s=30)
-    assert time.monotonic() - started < 10
+    # Far below the 30 s it was allowed to retry for (slack for a loaded machine).
+    assert time.monotonic() - started < 20
     assert impostor.log.auth_attempts == []
 
 
@@ -179,13 +180,14 @@ def test_reconnect_to_an_impostor_is_refused_too(
     """The pin holds on every reconnect, not only the first connection."""
     ssh = GuestSSH(
         genuine.port, keys.client.private_path, keys.host.public_openssh,
-        backoff_initial_s=0.05, connect_timeout_s=3,
+        backoff_initial_s=0.05,
     )
     with ssh:
         assert ssh.exec(["first"]).rc == 0
         other = generate_keypair(tmp_path / "imp" / "ssh_host_ed25519_key", "impostor")
         genuine.become_impostor(other.private_path)
-        deadline = time.monotonic() + 10
+        # Generous: the shared CI machine has run at a load of 30 on 2 vCPUs.
+        deadline = time.monotonic() + 60
         while not isinstance(ssh.last_error, HostKeyMismatchError):
             assert time.monotonic() < deadline, "the reconnect never met the impostor"
             time.sleep(0.02)
