@@ -163,6 +163,7 @@ class Machine:
         self._ssh_port: int | None = None
         self._requested_stop = False
         self._unexpected_stop = threading.Event()
+        self._cancel_boot = threading.Event()
         self._hooks: dict[Stage, list[ReadinessHook]] = {}
         self._state_callbacks: list[StateCallback] = []
         self._stage_callbacks: list[Callable[[StageRecord], None]] = []
@@ -338,6 +339,7 @@ class Machine:
         self._accel = choice
         self._requested_stop = False
         self._unexpected_stop.clear()
+        self._cancel_boot.clear()
         self.crash_detected_at = None
         self.last_events = []
         self._shutdown_reason = ""
@@ -432,6 +434,12 @@ class Machine:
 
     def _wait_stages(self, timeline: Timeline, proc: QemuProcess, until: Stage) -> None:
         def check() -> None:
+            if self._cancel_boot.is_set():
+                raise timeline.fail(
+                    self._current_stage(timeline),
+                    "was cancelled: the machine was stopped while starting",
+                    self._console_tail(),
+                )
             if proc.exited:
                 code = proc.exit_code
                 tail = proc.log_tail(5)
@@ -605,6 +613,7 @@ class Machine:
     def stop(self, timeout: float | None = None) -> StopOutcome:
         """Power the guest off (ACPI), then ``quit``, then kill — each after a wait."""
         wait = self.stop_timeout if timeout is None else timeout
+        self._cancel_if_starting()
         with self._guard, MachineLock(self.paths.lock_file, self.lock_timeout):
             if self._proc is None or self._proc.exited:
                 self._attach_existing()
@@ -648,8 +657,15 @@ class Machine:
         self._proc = None
         self._set_state(MachineState.STOPPED, "")
 
+    def _cancel_if_starting(self) -> None:
+        # start() holds the guard for the whole boot (minutes under TCG): ask it to give
+        # up, so stop()/kill() during a boot take effect within a poll interval.
+        if self._state is MachineState.STARTING:
+            self._cancel_boot.set()
+
     def kill(self) -> None:
         """Kill QEMU at once (no guest shutdown). For a hung VM."""
+        self._cancel_if_starting()
         with self._guard:
             self._requested_stop = True
             if self._proc is None:

@@ -5,8 +5,9 @@ It understands just enough of the argv Berth builds (``-chardev socket,id=qmp|co
 paths: greeting, capabilities, query-status, cont (prints the boot markers), stop,
 system_powerdown (exits like a guest that powers off), quit, human-monitor-command.
 Kernel-command-line words change its behaviour: ``fake.fail=<stage>``,
-``fake.ignore_powerdown``. Under ``-accel kvm`` it plays a broken KVM: it prints
-"KVM internal error" and stops the VM, like QEMU does.
+``fake.ignore_powerdown``, ``fake.hang`` (no stage after the kernel). Under
+``-accel kvm`` it plays a broken KVM: it prints "KVM internal error" and stops the VM,
+like QEMU does.
 """
 
 from __future__ import annotations
@@ -112,6 +113,8 @@ class FakeQemu:
             self.event("STOP")
             return
         self._say(b"[    0.000000] Linux version 6.1.0-fake\r\n")
+        if "fake.hang" in words:
+            return
         for stage in STAGES:
             time.sleep(0.01)
             if words.get("fake.fail") == stage:

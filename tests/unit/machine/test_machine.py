@@ -187,6 +187,37 @@ def test_kvm_internal_error_falls_back_to_tcg_once(home: Path, image: GuestImage
         m.close()
 
 
+def test_stop_during_start_cancels_the_boot(home: Path, image: GuestImage) -> None:
+    m = make(home, image, "fake.hang")
+    errors: list[BaseException] = []
+
+    def boot() -> None:
+        try:
+            m.start()
+        except BootFailure as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=boot)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            snap = m.status().timeline
+            if snap is not None and snap.record(Stage.KERNEL).state is StageState.DONE:
+                break
+            time.sleep(0.02)
+        t0 = time.monotonic()
+        assert m.stop() is StopOutcome.ALREADY_STOPPED
+        assert time.monotonic() - t0 < 2
+        thread.join(5)
+        assert len(errors) == 1 and isinstance(errors[0], BootFailure)
+        assert "cancelled" in errors[0].reason
+        assert m.status().state is MachineState.STOPPED
+    finally:
+        m.kill()
+        m.close()
+
+
 def test_readiness_hooks_run_after_ready(machine: Machine) -> None:
     order: list[str] = []
     machine.add_readiness_hook(Stage.SOCKET, lambda m: order.append("socket"))
