@@ -170,6 +170,7 @@ class Machine:
         self.crash_detected_at: float | None = None
         self.last_events: list[QmpEvent] = []
         self._shutdown_reason = ""
+        self._io_error = ""
         self._qmp_ready_s = 0.0
 
     # -- registration -------------------------------------------------------------------
@@ -578,11 +579,20 @@ class Machine:
             if self._state is MachineState.STARTING:
                 self._unexpected_stop.set()
             elif self._state is MachineState.RUNNING:
-                self._set_state(MachineState.PAUSED, "paused by QEMU")
+                detail = "paused by QEMU"
+                if self._io_error:
+                    # werror=enospc: QEMU pauses rather than fail guest writes on a full
+                    # host disk; the user frees space and resumes, nothing is lost.
+                    detail = (
+                        f"paused after a disk error on the host ({self._io_error}): "
+                        "free disk space, then resume"
+                    )
+                self._set_state(MachineState.PAUSED, detail)
         elif event.name == "RESUME" and self._state is MachineState.PAUSED:
+            self._io_error = ""
             self._set_state(MachineState.RUNNING, "")
         elif event.name == "BLOCK_IO_ERROR":
-            self._detail = "disk I/O error: " + str(event.data.get("reason", ""))
+            self._io_error = str(event.data.get("reason", "")) or "I/O error"
         elif event.name == "SHUTDOWN":
             # The guest powered off (or rebooted, which -no-reboot turns into an exit).
             reason = str(event.data.get("reason", ""))
@@ -683,6 +693,7 @@ class Machine:
     def resume(self) -> None:
         qmp = self._require_qmp()
         qmp.cont()
+        self._io_error = ""
         self._set_state(MachineState.RUNNING, "")
 
     def _require_qmp(self) -> SyncQmp:

@@ -161,11 +161,21 @@ class FakeQemu:
             after = self._quit
         elif cmd == "human-monitor-command":
             reply["return"] = ""
+            if msg["arguments"]["command-line"] == "fake-ioerror":
+                after = self._io_error
         if "id" in msg:
             reply["id"] = msg["id"]
         self._send(conn, reply)
         if after is not None:
             after()
+
+    def _io_error(self) -> None:
+        """What QEMU does with werror=enospc when the host disk fills up."""
+        self.status = "io-error"
+        self.event("BLOCK_IO_ERROR", {"device": "", "node-name": "data", "operation": "write",
+                                      "action": "stop", "nospace": True,
+                                      "reason": "No space left on device"})
+        self.event("STOP")
 
     def _poweroff(self) -> None:
         self.event("POWERDOWN")

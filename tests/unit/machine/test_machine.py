@@ -218,6 +218,22 @@ def test_stop_during_start_cancels_the_boot(home: Path, image: GuestImage) -> No
         m.close()
 
 
+def test_host_disk_full_pauses_with_words_and_resumes(machine: Machine) -> None:
+    machine.start()
+    paused = threading.Event()
+    machine.on_state_change(lambda s: paused.set() if s.state is MachineState.PAUSED else None)
+    qmp = machine.qmp
+    assert qmp is not None
+    qmp.human_monitor_command("fake-ioerror")
+    assert paused.wait(2)
+    status = machine.status()
+    assert status.state is MachineState.PAUSED
+    assert "No space left on device" in status.detail and "free disk space" in status.detail
+    machine.resume()
+    assert machine.status().state is MachineState.RUNNING
+    assert machine.status().detail == ""
+
+
 def test_readiness_hooks_run_after_ready(machine: Machine) -> None:
     order: list[str] = []
     machine.add_readiness_hook(Stage.SOCKET, lambda m: order.append("socket"))
