@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Protocol
 
 from paramiko.channel import Channel
+from paramiko.ssh_exception import SSHException
 
 from vm_backend.errors import BerthError
 
@@ -186,7 +187,7 @@ class _Connection:
             if not self._aborted:
                 chan.shutdown_write()
                 self._wait_client_hangup()
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, SSHException) as exc:
             self._abort(f"client to guest: {exc}")
         finally:
             self._half_done()
@@ -203,7 +204,7 @@ class _Connection:
                 self.client.sendall(data)
             if not self._aborted:
                 self.client.shutdown(socket.SHUT_WR)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, SSHException) as exc:
             self._abort(f"guest to client: {exc}")
         finally:
             self._half_done()
