@@ -71,14 +71,16 @@ def bench_logview(app: QApplication, lines: int) -> dict[str, float]:
     rss_start = process.memory_info().rss
     rss_full = rss_start
     times: list[float] = []
+    cpu: list[float] = []
     batches = lines // BATCH
     for n in range(batches):
         data = _batch(n)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.thread_time()
         panel.append_lines(data)
         panel.view.viewport().repaint()
         app.processEvents()
         times.append(time.perf_counter() - started)
+        cpu.append(time.thread_time() - cpu_started)
         if (n + 1) * BATCH == panel.model.capacity:
             rss_full = process.memory_info().rss
     rss_end = process.memory_info().rss
@@ -88,6 +90,8 @@ def bench_logview(app: QApplication, lines: int) -> dict[str, float]:
         "p50_ms": statistics.median(times) * 1e3,
         "p99_ms": _pct(times, 0.99) * 1e3,
         "max_ms": max(times) * 1e3,
+        "cpu_p50_ms": statistics.median(cpu) * 1e3,
+        "cpu_p99_ms": _pct(cpu, 0.99) * 1e3,
         "rss_fill_mb": (rss_full - rss_start) / 1e6,
         "rss_after_full_mb": (rss_end - rss_full) / 1e6,
         "dropped": panel.model.dropped,
@@ -178,6 +182,8 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=1_000_000)
     parser.add_argument("--mb", type=float, default=8.0)
     args = parser.parse_args()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"load average at start: {load:.1f} on {os.cpu_count()} CPUs")
     app = QApplication.instance() or QApplication(sys.argv)
     assert isinstance(app, QApplication)
 
@@ -188,6 +194,7 @@ def main() -> None:
         f"  per batch  p50 {log['p50_ms']:.2f} ms  p99 {log['p99_ms']:.2f} ms"
         f"  max {log['max_ms']:.2f} ms   (dropped {log['dropped']:,.0f})"
     )
+    print(f"  CPU time   p50 {log['cpu_p50_ms']:.2f} ms  p99 {log['cpu_p99_ms']:.2f} ms")
     print(
         f"  RSS        +{log['rss_fill_mb']:.1f} MB filling the ring,"
         f" +{log['rss_after_full_mb']:.1f} MB for the rest"
