@@ -1,18 +1,21 @@
 """The Logs tab: a followed log stream, read in a worker thread, shown in a LogPanel.
 
-The reader thread parses the engine's stream and pushes lines into a bounded deque; a
-100 ms GUI timer drains it into the :class:`~app.widgets.logview.LogPanel` in one batch.
-A container logging tens of thousands of lines a second therefore costs the GUI ten
-appends a second. When the GUI cannot keep up the deque drops its oldest lines (counted
-and shown) instead of growing without bound; the panel's own ring buffer then keeps the
-newest ``capacity`` lines and shows how many fell off.
+The reader thread parses the engine's stream and queues the lines; a 100 ms GUI timer
+drains the queue into the :class:`~app.widgets.logview.LogPanel` in one batch, so a
+container logging tens of thousands of lines a second costs the GUI ten appends a second.
+The panel's ring buffer keeps the newest ``capacity`` lines and shows how many fell off.
+
+The queue is bounded by back-pressure rather than by dropping: at ``HIGH_WATER`` lines
+the reader waits for the GUI's next take and the engine buffers the rest (it keeps the
+log on disk anyway). That also keeps the GUI responsive: a reader parsing flat out holds
+the GIL, and every Python callback of the view's painting would wait for it (the "convoy
+effect"); a reader that waits, and yields every few hundred lines, leaves room.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 
 from PySide6.QtCore import QDateTime, QTimer
@@ -35,8 +38,11 @@ from vm_backend.engine.streams import Stream
 
 #: How often queued lines reach the view.
 BATCH_MS = 100
-#: Lines kept between the reader thread and the GUI; beyond this the oldest are dropped.
-QUEUE_LIMIT = 50_000
+#: Lines queued for the GUI at which the reader waits for the next take: with the
+#: 100 ms batches, at most 80,000 lines/s reach the view, which is plenty to follow.
+HIGH_WATER = 8_000
+#: The reader yields the GIL every this many lines so the GUI thread gets it promptly.
+YIELD_EVERY = 200
 #: Lines kept in the view.
 VIEW_CAPACITY = 100_000
 
@@ -68,8 +74,9 @@ class LogReader:
         self._container_id = container_id
         self._query = query
         self._lock = threading.Lock()
-        self._queue: deque[LogLine] = deque(maxlen=QUEUE_LIMIT)
-        self._skipped = 0
+        self._queue: list[LogLine] = []
+        self._room = threading.Event()  # set while the queue is below HIGH_WATER
+        self._room.set()
         self._stream: Stream[LogEntry] | None = None
         self._stopped = threading.Event()
         self.finished = threading.Event()
@@ -86,18 +93,18 @@ class LogReader:
     def stop(self) -> None:
         """Cancel from any thread; the reader ends promptly (the socket is shut down)."""
         self._stopped.set()
+        self._room.set()
         with self._lock:
             stream = self._stream
         if stream is not None:
             stream.close()
 
-    def take(self) -> tuple[list[LogLine], int]:
-        """Queued lines and how many were dropped since the last take (GUI thread)."""
+    def take(self) -> list[LogLine]:
+        """The queued lines, oldest first (GUI thread); lets a waiting reader go on."""
         with self._lock:
-            lines = list(self._queue)
-            self._queue.clear()
-            skipped, self._skipped = self._skipped, 0
-        return lines, skipped
+            lines, self._queue = self._queue, []
+            self._room.set()
+        return lines
 
     def _run(self) -> None:
         try:
@@ -113,23 +120,30 @@ class LogReader:
             if self._stopped.is_set():
                 stream.close()
                 return
-            queue, lock = self._queue, self._lock
-            for entry in stream:
+            lock, room = self._lock, self._room
+            for count, entry in enumerate(stream, 1):
                 if entry.stream == "stderr":
                     line = LogLine(entry.timestamp, "stderr", entry.text)
                 else:
                     line = LogLine(entry.timestamp, "stdout", entry.text)
-                # An uncontended lock costs well under a microsecond, and the GUI holds it
-                # only to swap the queue out, so even 50,000 lines/s cost little here.
+                # Uncontended, the lock costs well under a microsecond; the GUI holds it
+                # only to swap the list out.
                 with lock:
-                    if len(queue) == QUEUE_LIMIT:
-                        self._skipped += 1  # the deque drops its oldest line
-                    queue.append(line)
+                    self._queue.append(line)
+                    if len(self._queue) >= HIGH_WATER:
+                        room.clear()
+                if not room.is_set():
+                    room.wait()
+                elif count % YIELD_EVERY == 0:
+                    time.sleep(0)  # hand the GIL to the GUI thread if it is waiting
+                if self._stopped.is_set():
+                    return
         except Exception as err:  # noqa: BLE001 - reported on the GUI thread
             if not self._stopped.is_set():
                 self.error = err
         finally:
             self.finished.set()
+
 
 class LogsTab(DetailsTab):
     """Follow a container's log with since/tail controls above a LogPanel."""
@@ -139,7 +153,6 @@ class LogsTab(DetailsTab):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._reader: LogReader | None = None
-        self._skipped_total = 0
         # True until a stream starts, and again after stop(): a stream that ended on its
         # own (the container exited) is not restarted just because the tab is re-shown.
         self._needs_start = True
@@ -251,7 +264,6 @@ class LogsTab(DetailsTab):
     def _start(self) -> None:
         assert self.client is not None
         self._needs_start = False
-        self._skipped_total = 0
         self._reader = LogReader(self.client, self.container_id, self.query())
         self._reader.start()
         self.status.setText(self.tr("Following…"))
@@ -261,12 +273,13 @@ class LogsTab(DetailsTab):
         reader = self._reader
         if reader is None:
             return
-        lines, skipped = reader.take()
+        # Read "finished" before taking: lines pushed before it was set are then all in
+        # this take, so the end is never reported with lines still queued.
+        finished = reader.finished.is_set()
+        lines = reader.take()
         if lines:
             self.panel.append_lines(lines)
-        if skipped:
-            self._skipped_total += skipped
-        if reader.finished.is_set() and not lines:
+        if finished and not lines:
             # The last lines are in; report how the stream ended.
             self._drain_timer.stop()
             self._reader = None
@@ -277,12 +290,6 @@ class LogsTab(DetailsTab):
                     self.tr("Log ended (the container stopped). Reload to follow again.")
                 )
             return
-        if self._skipped_total:
-            self.status.setText(
-                self.tr("Following… {0:,} lines skipped: the log is faster than the view").format(
-                    self._skipped_total
-                )
-            )
 
 
 __all__ = ["LogQuery", "LogReader", "LogsTab"]

@@ -18,6 +18,7 @@ import shlex
 import threading
 from collections.abc import Callable
 
+from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import (
     QComboBox,
     QHBoxLayout,
@@ -34,6 +35,8 @@ from vm_backend.engine.streams import ExecSession
 
 #: Output buffered for the GUI beyond which the reader pauses (back-pressure).
 MAX_PENDING = 1 << 20
+#: How soon to offer output again to a view that is still parsing the last batch.
+_RETRY_MS = 20
 
 SHELLS: tuple[str, ...] = ("/bin/sh", "/bin/bash", "/bin/ash")
 CUSTOM = "Custom…"
@@ -47,8 +50,13 @@ class ExecPump:
         session: ExecSession,
         on_output: Callable[[bytes], None],
         on_exit: Callable[[int | None], None],
+        backlog: Callable[[], int] = lambda: 0,
     ) -> None:
         self.session = session
+        # Bytes the view has been given but not parsed yet: while it is behind, output
+        # waits here and, past MAX_PENDING, the reader stops reading (the engine then
+        # stops the program writing), so a flood never grows memory without bound.
+        self._backlog = backlog
         self._on_output = on_output  # called on the GUI thread
         self._on_exit = on_exit  # called on the GUI thread
         self._lock = threading.Lock()
@@ -140,7 +148,12 @@ class ExecPump:
                     return
 
     # ---- GUI thread ------------------------------------------------------------------
-    def _flush(self) -> None:
+    def _flush(self, force: bool = False) -> None:
+        if self._stopped.is_set():
+            return
+        if not force and self._backlog() > MAX_PENDING:
+            QTimer.singleShot(_RETRY_MS, self._flush)
+            return
         with self._lock:
             data = bytes(self._pending)
             self._pending.clear()
@@ -150,7 +163,7 @@ class ExecPump:
             self._on_output(data)
 
     def _finish(self, code: int | None) -> None:
-        self._flush()
+        self._flush(force=True)
         if not self._stopped.is_set():
             self._stopped.set()
             self.session.close()
@@ -281,7 +294,13 @@ class TerminalTab(DetailsTab):
             session.close()
             return
         self._connecting = False
-        pump = ExecPump(session, self.terminal.feed, lambda code: self._exited(pump, code))
+        terminal = self.terminal
+        pump = ExecPump(
+            session,
+            terminal.feed,
+            lambda code: self._exited(pump, code),
+            backlog=lambda: terminal.pending_bytes,
+        )
         self._pump = pump
         pump.start()
         # The view may have changed size while the exec was being created.
