@@ -10,14 +10,18 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
+import subprocess
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from vm_backend.engine.client import EngineClient
@@ -205,3 +209,76 @@ def wait_until(pred: Callable[[], bool], timeout: float, interval: float = 0.02)
             return True
         time.sleep(interval)
     return pred()
+
+
+class PrivateDockerd:
+    """A dockerd of our own under a short temporary directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.sock = root / "docker.sock"
+        self.url = f"unix://{self.sock}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = open(root / "dockerd.log", "ab")  # noqa: SIM115 - closed in cleanup()
+
+    def start(self, timeout: float = 30) -> None:
+        self.proc = subprocess.Popen(
+            ["dockerd", "--host", self.url, "--data-root", str(self.root / "data"),
+             "--exec-root", str(self.root / "x"), "--pidfile", str(self.root / "docker.pid"),
+             "--bridge=none", "--iptables=false", "--ip-masq=false", "--ip6tables=false"],
+            stdout=self.log, stderr=self.log, start_new_session=True,
+        )
+        if not wait_until(lambda: not ping_socket(self.url, 0.5), timeout, 0.01):
+            raise RuntimeError(f"private dockerd did not answer; see {self.root}/dockerd.log")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def _leftovers(self) -> list[psutil.Process]:
+        """containerd and shims started for this instance (their command lines name root)."""
+        mine = []
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            with contextlib.suppress(psutil.Error):
+                if any(str(self.root) in arg for arg in p.info["cmdline"] or ()):
+                    mine.append(p)
+        return mine
+
+    @classmethod
+    def launch(cls) -> PrivateDockerd:
+        """Start one under /tmp and load the test image from the shared engine into it."""
+        d = cls(Path(tempfile.mkdtemp(prefix="bf", dir="/tmp")))
+        try:
+            d.start()
+            save = subprocess.Popen(["docker", "save", TEST_IMAGE], stdout=subprocess.PIPE)
+            subprocess.run(["docker", "-H", d.url, "load", "-q"], stdin=save.stdout,
+                           capture_output=True, check=True, timeout=60)
+            save.wait(30)
+        except BaseException:
+            d.cleanup()
+            raise
+        return d
+
+    def cleanup(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(Exception):
+                subprocess.run(
+                    f"docker -H {self.url} rm -f $(docker -H {self.url} ps -aq)",
+                    shell=True, capture_output=True, timeout=30, check=False,
+                )
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        for p in self._leftovers():
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        with open("/proc/mounts") as fh:
+            mounts = [line.split()[1] for line in fh if str(self.root) in line]
+        for m in sorted(mounts, key=len, reverse=True):
+            subprocess.run(["umount", "-l", m], capture_output=True, check=False)
+        self.log.close()
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -7,22 +7,23 @@ must equal ``docker ps -a`` on the private socket within 2 s of ``/_ping`` answe
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import shutil
-import signal
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import psutil
 import pytest
 
-from tests.integration.conftest import DOCKER_URL, TEST_IMAGE, ping_socket, wait_until
+from tests.integration.conftest import (
+    DOCKER_URL,
+    TEST_IMAGE,
+    PrivateDockerd,
+    ping_socket,
+    wait_until,
+)
 from tests.integration.test_monitor import Recorder, start_monitor
 from vm_backend.engine.client import EngineClient
 from vm_backend.engine.errors import EngineError
@@ -32,77 +33,14 @@ from vm_backend.engine.run import RunRequest
 pytestmark = [pytest.mark.engine, pytest.mark.fault]
 
 
-class PrivateDockerd:
-    """A dockerd of our own under a short temporary directory."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.sock = root / "docker.sock"
-        self.url = f"unix://{self.sock}"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = open(root / "dockerd.log", "ab")  # noqa: SIM115 - closed in cleanup()
-
-    def start(self, timeout: float = 30) -> None:
-        self.proc = subprocess.Popen(
-            ["dockerd", "--host", self.url, "--data-root", str(self.root / "data"),
-             "--exec-root", str(self.root / "x"), "--pidfile", str(self.root / "docker.pid"),
-             "--bridge=none", "--iptables=false", "--ip-masq=false", "--ip6tables=false"],
-            stdout=self.log, stderr=self.log, start_new_session=True,
-        )
-        if not wait_until(lambda: not ping_socket(self.url, 0.5), timeout, 0.01):
-            raise RuntimeError(f"private dockerd did not answer; see {self.root}/dockerd.log")
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def _leftovers(self) -> list[psutil.Process]:
-        """containerd and shims started for this instance (their command lines name root)."""
-        mine = []
-        for p in psutil.process_iter(["pid", "cmdline"]):
-            with contextlib.suppress(psutil.Error):
-                if any(str(self.root) in arg for arg in p.info["cmdline"] or ()):
-                    mine.append(p)
-        return mine
-
-    def cleanup(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(Exception):
-                subprocess.run(
-                    f"docker -H {self.url} rm -f $(docker -H {self.url} ps -aq)",
-                    shell=True, capture_output=True, timeout=30, check=False,
-                )
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        for p in self._leftovers():
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-        with open("/proc/mounts") as fh:
-            mounts = [line.split()[1] for line in fh if str(self.root) in line]
-        for m in sorted(mounts, key=len, reverse=True):
-            subprocess.run(["umount", "-l", m], capture_output=True, check=False)
-        self.log.close()
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
 @pytest.fixture
 def private_dockerd() -> Iterator[PrivateDockerd]:
     if os.geteuid() != 0 or not shutil.which("dockerd"):
         pytest.skip("needs root and dockerd for a private engine")
     if ping_socket(DOCKER_URL):
         pytest.skip("the shared dockerd (source of the test image) is not answering")
-    d = PrivateDockerd(Path(tempfile.mkdtemp(prefix="bf", dir="/tmp")))
+    d = PrivateDockerd.launch()
     try:
-        d.start()
-        save = subprocess.Popen(["docker", "save", TEST_IMAGE], stdout=subprocess.PIPE)
-        subprocess.run(["docker", "-H", d.url, "load", "-q"], stdin=save.stdout,
-                       capture_output=True, check=True, timeout=60)
-        save.wait(30)
         yield d
     finally:
         d.cleanup()
