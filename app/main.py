@@ -22,22 +22,24 @@ SCREENSHOT_SIZE = (1200, 760)
 
 
 def protect_none_refcount() -> None:
-    """Work around PySide6 6.12 on CPython 3.11: void Qt calls return ``None`` unowned.
+    """Work around PySide6 6.12 on CPython 3.11: singletons returned without a reference.
 
-    Shiboken 6.12 returns ``Py_None`` from void methods without a new reference, which is
-    harmless on Python 3.12+ (``None`` is immortal there) but on 3.11 takes one reference
-    from ``None`` per call, until "Fatal Python error: none_dealloc" (about 26 000 calls
-    in a fresh interpreter; the 500-container benchmark hit it within minutes). Giving
-    ``None`` a vast number of spare references makes it as good as immortal, as on 3.12.
+    Shiboken 6.12 returns ``None`` from void methods and ``True``/``False`` from signal
+    ``emit()`` without taking a new reference. That is harmless on Python 3.12+, where
+    these objects are immortal, but on 3.11 every call takes one reference away until
+    "Fatal Python error: none_dealloc" (or bool_dealloc): about 26 000 void calls in a
+    fresh interpreter; the 500-container benchmark hit it within minutes. Giving the three
+    singletons a vast number of spare references makes them as good as immortal, as on 3.12.
     """
     if sys.version_info >= (3, 12):
         return
     import ctypes
 
-    # ob_refcnt is the first field of every PyObject in release builds.
-    refcount = ctypes.c_ssize_t.from_address(id(None))
-    if refcount.value < 1 << 40:
-        refcount.value += 1 << 50
+    for singleton in (None, True, False):
+        # ob_refcnt is the first field of every PyObject in release builds.
+        refcount = ctypes.c_ssize_t.from_address(id(singleton))
+        if refcount.value < 1 << 40:
+            refcount.value += 1 << 50
 
 
 def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
