@@ -7,11 +7,17 @@ container changes, :meth:`ContainerDetails.clear` is called, or the widget is hi
 closed. Only the visible tab does work: a tab is activated when it is chosen, and the
 Stats tab stops polling when another tab is chosen. Logs and the terminal keep their
 stream across tab switches so that switching tabs never loses a shell or log lines.
+
+When the session also has the EngineSession's ``diffs`` signal, the header follows the
+container's state, and a log or stats stream that ended because the container stopped
+resumes when it starts again.
 """
 
 from __future__ import annotations
 
-from PySide6.QtCore import Signal
+from typing import Any
+
+from PySide6.QtCore import Signal, SignalInstance
 from PySide6.QtGui import QCloseEvent, QHideEvent, QShowEvent
 from PySide6.QtWidgets import QTabWidget, QVBoxLayout, QWidget
 
@@ -24,6 +30,7 @@ from app.pages.details.logs import LogsTab
 from app.pages.details.stats import StatsTab
 from app.pages.details.terminal import TerminalTab
 from vm_backend.engine.client import EngineClient
+from vm_backend.engine.models import Container
 
 __all__ = ["ContainerDetails", "HasClient"]
 
@@ -44,6 +51,7 @@ class ContainerDetails(QWidget):
         self._client: EngineClient | None = None
         self._container_id = ""
         self._active: DetailsTab | None = None
+        self._diffs: SignalInstance | None = None
 
         self.header = plain_label("", self)
         font = self.header.font()
@@ -86,10 +94,12 @@ class ContainerDetails(QWidget):
         client = session.client
         if client is self._client and container_id == self._container_id:
             return
+        self._follow_diffs(getattr(session, "diffs", None))
         self._bind(client, container_id)
 
     def clear(self) -> None:
         """Show nothing and stop every stream."""
+        self._follow_diffs(None)
         self._bind(None, "")
 
     def show_tab(self, name: str) -> DetailsTab:
@@ -119,6 +129,35 @@ class ContainerDetails(QWidget):
             self._load_header(client, container_id)
         self.container_changed.emit(container_id)
         self._activate_current()
+
+    def _follow_diffs(self, signal: object) -> None:
+        if self._diffs is not None:
+            self._diffs.disconnect(self._on_diffs)
+        self._diffs = signal if isinstance(signal, SignalInstance) else None
+        if self._diffs is not None:
+            self._diffs.connect(self._on_diffs)
+
+    def _on_diffs(self, diffs: list[Any]) -> None:
+        cid = self._container_id
+        for diff in diffs:
+            if getattr(diff, "kind", "") != "container":
+                continue
+            if cid in diff.removed:
+                self.header.setText(self.tr("{0}: removed").format(cid[:12]))
+                continue
+            for container in (*diff.added, *diff.changed):
+                if isinstance(container, Container) and container.id == cid:
+                    self._container_changed(container)
+
+    def _container_changed(self, container: Container) -> None:
+        self.header.setText(
+            f"{container.name}  ·  {container.short_id}  ·  {container.image}  ·  "
+            f"{container.state.value}"
+        )
+        if container.running and self.isVisible():
+            self.logs.container_started()
+            if self._active is self.stats:
+                self.stats.container_started()
 
     def _load_header(self, client: EngineClient, container_id: str) -> None:
         def done(info: dict[str, object]) -> None:

@@ -240,6 +240,11 @@ class LogsTab(DetailsTab):
     def running(self) -> bool:
         return self._reader is not None
 
+    def container_started(self) -> None:
+        """The container (re)started: follow it again if its log had ended."""
+        if self._reader is None and not self._needs_start and self.client is not None:
+            self.restart()
+
     @property
     def reader(self) -> LogReader | None:
         """The stream being followed, if any."""

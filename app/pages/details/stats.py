@@ -208,6 +208,11 @@ class StatsTab(DetailsTab):
     def running(self) -> bool:
         return self._reader is not None
 
+    def container_started(self) -> None:
+        """The container (re)started: resume a stream that ended, if the tab is shown."""
+        if self._reader is None and self._top_timer.isActive():
+            self.activate()
+
     def refresh_processes(self) -> None:
         if self.client is None or not self.container_id or self._top_busy:
             return

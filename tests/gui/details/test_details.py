@@ -102,3 +102,37 @@ def test_labels_are_plain_text(
     rich = [label.text() for label in labels if label.textFormat() != Qt.TextFormat.PlainText]
     assert rich == []
     assert details.header.textFormat() == Qt.TextFormat.PlainText
+
+
+def test_follows_the_container_through_a_restart(
+    qtbot: Any, details: ContainerDetails, docker_url: str, docker_client: EngineClient,
+    new_docker_container: Any,
+) -> None:
+    """With a real EngineSession: the header tracks the state, the log resumes."""
+    from app.session import EngineSession
+    from tests.gui.conftest import endpoint_for
+
+    cid = new_docker_container(
+        ["sh", "-c", "echo run-$$; rm -f /tmp/stop; while [ ! -f /tmp/stop ]; do sleep 0.1; done"],
+        name="berth-details-restart",
+    )
+    session = EngineSession(endpoint_for(docker_url))
+    with qtbot.waitSignal(session.connection_changed, timeout=10_000):
+        session.start()
+    try:
+        details.show_container(session, cid)
+        texts = lambda: [line.text for line in details.logs.panel.model.all_lines()]  # noqa: E731
+        qtbot.waitUntil(lambda: len(texts()) == 1, timeout=15_000)
+
+        docker_client.exec_run(cid, ["touch", "/tmp/stop"])
+        qtbot.waitUntil(lambda: details.header.text().endswith("exited"), timeout=20_000)
+        qtbot.waitUntil(lambda: not details.logs.running, timeout=10_000)
+        assert "Log ended" in details.logs.status.text()
+
+        docker_client.start(cid)
+        qtbot.waitUntil(lambda: details.header.text().endswith("running"), timeout=20_000)
+        qtbot.waitUntil(lambda: len(texts()) == 2, timeout=15_000)
+        assert details.logs.running
+    finally:
+        details.clear()
+        session.stop()
