@@ -685,12 +685,13 @@ class Machine:
             self._finish_stop()
 
     def pause(self) -> None:
+        """Freeze the guest's CPUs (QMP ``stop``); memory stays allocated."""
         qmp = self._require_qmp()
-        self._requested_stop = False
         qmp.stop()
         self._set_state(MachineState.PAUSED, "paused")
 
     def resume(self) -> None:
+        """Continue after :meth:`pause` or after QEMU paused the VM on a disk error."""
         qmp = self._require_qmp()
         qmp.cont()
         self._io_error = ""
