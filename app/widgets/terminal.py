@@ -360,6 +360,8 @@ class TerminalWidget(QWidget):
     input_bytes = Signal(bytes)
     #: The view's size in cells changed: (columns, rows).
     resized = Signal(int, int)
+    #: The remote program set the window title (OSC 0 / OSC 2).
+    title_changed = Signal(str)
 
     def __init__(
         self,
@@ -380,6 +382,7 @@ class TerminalWidget(QWidget):
         self._selecting = False
         self._last_cursor: tuple[int, int] = (0, 0)
         self._pushed_seen = 0
+        self._title = ""
         self._colors: dict[str, QColor] = {}
         self._fonts: dict[tuple[bool, bool, bool, bool], QFont] = {}
         self._default_fg = QColor(_DEFAULT_FG)
@@ -423,6 +426,10 @@ class TerminalWidget(QWidget):
         """The emulated screen (read it; feed bytes through :meth:`feed`)."""
         return self._screen
 
+    def title(self) -> str:
+        """The last title the remote program set ("" if none)."""
+        return self._title
+
     def size_in_cells(self) -> tuple[int, int]:
         """``(columns, rows)`` of the emulated screen."""
         return self._screen.columns, self._screen.lines
@@ -433,7 +440,9 @@ class TerminalWidget(QWidget):
             return
         self._pending += data
         if not self._timer.isActive():
-            self._timer.start()
+            # Explicit interval: a flood re-arms the timer with 0 ms between
+            # passes, which must not stick once the flood is over.
+            self._timer.start(_COALESCE_MS)
 
     @property
     def pending_bytes(self) -> int:
@@ -701,6 +710,9 @@ class TerminalWidget(QWidget):
                 region += QRect(0, top, width, int(self._cell_h) + 1)
             self._canvas.update(region)
         self._last_cursor = cursor
+        if screen.title != self._title:
+            self._title = screen.title
+            self.title_changed.emit(self._title)
 
     def _sync_scrollbar(self) -> None:
         history = len(self._screen.scrollback)

@@ -494,3 +494,15 @@ def test_wide_characters_select_and_find(term: TerminalWidget) -> None:
     assert span is not None and (span[0].col, span[1].col) == (6, 9)
     term.select(len(term.term_screen.scrollback), 2, 4)  # columns 2..5: two wide chars
     assert term.selected_text() == "日本"
+
+
+def test_title_and_coalescing(term: TerminalWidget, qtbot: Any) -> None:
+    with qtbot.waitSignal(term.title_changed) as blocker:
+        term.feed(b"\x1b]0;root@box: ~\x07$ ")
+    assert blocker.args == ["root@box: ~"]
+    assert term.title() == "root@box: ~"
+    # After a flood, small feeds are coalesced again (not parsed per call).
+    term.feed(b"x" * 100_000)
+    qtbot.waitUntil(lambda: term.pending_bytes == 0)
+    term.feed(b"a")
+    assert term._timer.interval() > 0
