@@ -17,6 +17,7 @@ read happens in a worker thread.
 
 from __future__ import annotations
 
+import html
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -410,6 +411,10 @@ class IsolationTab(DetailsTab):
         if not self.current(generation):
             return
         self._loading = False
+        self.show_report(report)
+
+    def show_report(self, report: IsolationReport) -> None:
+        """Show a probe's report (also usable without an engine)."""
         self.report = report
         self.summary.setText(report.reason)
         self.namespaces.clear()
@@ -436,7 +441,8 @@ class IsolationTab(DetailsTab):
             self.facts.addTopLevelItem(top)
             for name, value in rows:
                 child = QTreeWidgetItem([name, value])
-                child.setToolTip(1, value)
+                # Tooltips guess at rich text; escape so engine text stays text.
+                child.setToolTip(1, f"<p>{html.escape(value)}</p>")
                 top.addChild(child)
             top.setExpanded(True)
 

@@ -133,3 +133,16 @@ def test_user_namespace_mapping(tmp_path: Path) -> None:
         "no: root in the container is uid 100000 on the host"
     )
     assert rows["Effective capabilities"] == "0: none"
+
+
+def test_engine_text_in_tooltips_is_escaped(qtbot: Any) -> None:
+    from app.pages.details.isolation import IsolationReport, IsolationTab
+
+    tab = IsolationTab()
+    qtbot.addWidget(tab)
+    report = IsolationReport(False, "remote", 0, config=(("Security options", "<b>x</b>"),))
+    tab.show_report(report)
+    section = tab.facts.topLevelItem(0)
+    child = section.child(0)
+    assert child.text(1) == "<b>x</b>"
+    assert child.toolTip(1) == "<p>&lt;b&gt;x&lt;/b&gt;</p>"
