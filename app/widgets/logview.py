@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,10 +189,6 @@ class LogModel(QAbstractListModel):
 
     #: The :class:`LogLine` of a row.
     LineRole = Qt.ItemDataRole.UserRole + 1
-    #: The text to highlight in (display text without the timestamp prefix).
-    TextRole = Qt.ItemDataRole.UserRole + 2
-    #: Length of the timestamp prefix in the display text.
-    PrefixRole = Qt.ItemDataRole.UserRole + 3
 
     def __init__(self, capacity: int = 100_000, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -266,7 +263,7 @@ class LogModel(QAbstractListModel):
             self.endRemoveRows()
             return
         # Matching rows are in ascending order: count those that fall off.
-        gone = _bisect_left(self._rows, new_first)
+        gone = bisect_left(self._rows, new_first)
         if gone:
             self.beginRemoveRows(QModelIndex(), 0, gone - 1)
             del self._rows[:gone]
@@ -348,7 +345,7 @@ class LogModel(QAbstractListModel):
     def row_for_seq(self, seq: int) -> int:
         """The first shown row whose line number is >= ``seq``."""
         if self._filter is not None:
-            return _bisect_left(self._rows, seq)
+            return bisect_left(self._rows, seq)
         return max(0, min(len(self._ring), seq - self._first))
 
     def prefix(self, line: LogLine) -> str:
@@ -403,10 +400,6 @@ class LogModel(QAbstractListModel):
             return None
         if role == Qt.ItemDataRole.DisplayRole:
             return self.prefix(line) + display_text(line.text)
-        if role == self.TextRole:
-            return display_text(line.text)
-        if role == self.PrefixRole:
-            return len(line.ts) + 1 if self._show_ts and line.ts else 0
         if role == self.LineRole:
             return line
         if role == Qt.ItemDataRole.ForegroundRole:
@@ -423,17 +416,6 @@ class LogModel(QAbstractListModel):
             | Qt.ItemFlag.ItemIsSelectable
             | Qt.ItemFlag.ItemNeverHasChildren
         )
-
-
-def _bisect_left(rows: list[int], value: int) -> int:
-    lo, hi = 0, len(rows)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if rows[mid] < value:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
 
 
 class LogView(QAbstractScrollArea):
