@@ -12,7 +12,10 @@
 * Lines are plain text. ANSI CSI sequences (colours, cursor moves) are
   stripped when a line is appended; any other control character is shown
   escaped as ``\\xNN`` (tab is expanded). Nothing is interpreted as markup:
-  the delegate draws with ``QPainter.drawText``.
+  :class:`LogView` paints each visible row with ``QPainter.drawText``.
+* :class:`LogView` is a painted ``QAbstractScrollArea`` (see its docstring for
+  why not a ``QListView``); :class:`LogToolbar` holds the controls and
+  :class:`LogPanel` puts the two together.
 """
 
 from __future__ import annotations
@@ -717,6 +720,9 @@ class LogView(QAbstractScrollArea):
             super().keyPressEvent(event)
 
     def contextMenuEvent(self, event: QContextMenuEvent) -> None:
+        self._build_context_menu().exec(event.globalPos())
+
+    def _build_context_menu(self) -> QMenu:
         menu = QMenu(self)
         copy = menu.addAction(self.tr("Copy"))
         copy.setEnabled(bool(self.selected_rows()))
@@ -727,7 +733,7 @@ class LogView(QAbstractScrollArea):
         follow.setCheckable(True)
         follow.setChecked(self._follow)
         follow.toggled.connect(self.set_follow)
-        menu.exec(event.globalPos())
+        return menu
 
 
 class LogToolbar(QWidget):

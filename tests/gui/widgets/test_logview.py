@@ -331,3 +331,26 @@ def test_ring_matches_reference(capacity: int, batches: list[list[str]], pattern
     assert model.dropped == max(0, len(every) - capacity)
     shown = [model.line_at(r).text for r in range(model.rowCount())]
     assert shown == [t for t in kept if pattern in t]
+
+
+def test_keyboard_scrolling_and_context_menu(panel: LogPanel, qtbot: Any) -> None:
+    view = panel.view
+    panel.append_lines(numbered(300))
+    view.setFocus()
+    qtbot.keyClick(view, Qt.Key.Key_PageUp)
+    assert not view.follows()
+    qtbot.keyClick(view, Qt.Key.Key_End, Qt.KeyboardModifier.ControlModifier)
+    assert view.follows()
+    qtbot.keyClick(view, Qt.Key.Key_Home, Qt.KeyboardModifier.ControlModifier)
+    assert view.top_row() == 0 and not view.follows()
+    view.select_rows(0, 1)
+    menu = view._build_context_menu()
+    actions = {a.text(): a for a in menu.actions()}
+    actions["Copy"].trigger()
+    assert QGuiApplication.clipboard().text() == "line 0\nline 1"
+    actions["Select All"].trigger()
+    assert len(view.selected_rows()) == 300
+    actions["Follow"].trigger()
+    assert view.follows()
+    qtbot.keyClick(view, Qt.Key.Key_Escape)
+    assert len(view.selected_rows()) == 0
