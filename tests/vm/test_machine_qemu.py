@@ -364,3 +364,51 @@ def test_arm64_virt_machine_under_tcg(home: Path, tmp_path: Path, probe_cache: P
     finally:
         m.kill()
         m.close()
+
+
+def test_reattach_after_daemon_restart(home: Path, tiny_guest: TinyGuest,
+                                       probe_cache: Path) -> None:
+    first = make_machine(home, tiny_guest, probe_cache)
+    second: Machine | None = None
+    try:
+        pid = first.start().pid
+        first.close()  # berthd exits; QEMU keeps running on its own
+        assert psutil.pid_exists(pid or -1)
+        second = make_machine(home, tiny_guest, probe_cache)
+        status = second.status()
+        assert status.state is MachineState.RUNNING and status.pid == pid
+        assert status.accelerator is Accelerator.TCG and status.ssh_port
+        assert second.attach()
+        qmp = second.qmp
+        assert qmp is not None and qmp.query_status().running
+        console = second.console
+        assert console is not None
+        seen = threading.Event()
+        console.subscribe(lambda d: seen.set() if b"again-9" in d else None)
+        console.write(b"echo again-$((3*3))\n")
+        assert seen.wait(15)
+        assert second.stop() is StopOutcome.POWERED_OFF
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()
+            second.close()
+
+
+def test_guest_reboot_is_reported_as_a_crash(machine: Machine) -> None:
+    machine.start()
+    crashed = threading.Event()
+    details: list[str] = []
+
+    def on_state(status: object) -> None:
+        if getattr(status, "state", None) is MachineState.CRASHED:
+            details.append(str(getattr(status, "detail", "")))
+            crashed.set()
+
+    machine.on_state_change(on_state)
+    console = machine.console
+    assert console is not None
+    console.write(b"reboot -f\n")  # -no-reboot turns this into a QEMU exit
+    assert crashed.wait(20)
+    assert "rebooted or its kernel panicked" in details[0]
+    assert machine.start().state is MachineState.RUNNING

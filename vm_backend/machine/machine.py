@@ -552,14 +552,16 @@ class Machine:
     # -- crash detection ----------------------------------------------------------------
 
     def _on_qemu_exit(self, code: int | None) -> None:
-        if self._shutdown_reason == "guest-reset":
-            # -no-reboot turns a guest reboot (or a kernel panic, panic=-1) into an exit.
-            self._note_gone("QEMU exited: the guest rebooted or its kernel panicked")
-        else:
-            self._note_gone(f"QEMU exited (code {code})")
+        self._note_gone(self._gone_reason(f"QEMU exited (code {code})"))
 
     def _on_qmp_lost(self) -> None:
-        self._note_gone("lost the QMP connection to QEMU")
+        self._note_gone(self._gone_reason("lost the QMP connection to QEMU"))
+
+    def _gone_reason(self, default: str) -> str:
+        if self._shutdown_reason == "guest-reset":
+            # -no-reboot turns a guest reboot (or a kernel panic, panic=-1) into an exit.
+            return "QEMU exited: the guest rebooted or its kernel panicked"
+        return default
 
     def _note_gone(self, why: str) -> None:
         # Runs on the process-watcher or event-loop thread, possibly while start()/stop()

@@ -28,6 +28,9 @@ from vm_backend.machine.loopthread import EventLoopThread
 
 log = logging.getLogger(__name__)
 
+_QUIET_CONNECT_LOG = logging.getLogger("berth.qmp.connect-attempt")
+_QUIET_CONNECT_LOG.setLevel(logging.CRITICAL)
+
 WATCHED_EVENTS = ("SHUTDOWN", "POWERDOWN", "RESET", "STOP", "RESUME", "BLOCK_IO_ERROR")
 DEFAULT_COMMAND_TIMEOUT = 10.0
 
@@ -135,6 +138,9 @@ class QmpMonitor:
                 await asyncio.sleep(retry_interval)
                 continue
             client = QMPClient(self._name)
+            # A socket that exists but is not listening yet refuses us for a moment; that
+            # is expected while QEMU starts, so keep qemu.qmp from logging it as an error.
+            client.logger = _QUIET_CONNECT_LOG
             try:
                 # Bounded: QEMU serves one QMP client per socket, so when another program
                 # holds it the kernel accepts our connection but no greeting ever comes.
@@ -153,6 +159,7 @@ class QmpMonitor:
                 with contextlib.suppress(QMPError, OSError):
                     await client.disconnect()
             else:
+                client.logger = logging.getLogger("qemu.qmp.protocol").getChild(self._name)
                 self._client = client
                 self.connected_after = time.monotonic() - started
                 break
