@@ -294,6 +294,7 @@ class FilesTab(DetailsTab):
         self._loaded = False
         self._cancel: threading.Event | None = None
         self._listing: threading.Event | None = None
+        self._expected = 0  # bytes the running download should bring, 0: unknown
         self.entries: list[Entry] = []
         self.last_download: DownloadResult | None = None
         self.last_error: BaseException | None = None
@@ -514,11 +515,18 @@ class FilesTab(DetailsTab):
         self.download_button.setEnabled(bool(self.selected_entries()) and not self.busy)
 
     # ---- transfers -------------------------------------------------------------------
-    def download(self, paths: Sequence[str], dest: Path) -> None:
-        """Copy container ``paths`` into the local folder ``dest`` in the background."""
+    def download(self, paths: Sequence[str], dest: Path, expected: int = 0) -> None:
+        """Copy container ``paths`` into the local folder ``dest`` in the background;
+        ``expected`` (bytes, 0: unknown) makes the progress bar show a fraction."""
         if self.client is None or not paths or self.busy:
             return
         cancel = self._begin_transfer(self.tr("Downloading…"))
+        self._expected = expected
+        if expected:
+            # QProgressBar counts in int: KiB keeps files up to terabytes in range.
+            self.progress.setRange(0, max(1, expected >> 10))
+            self.progress.setValue(0)
+            self.progress.setFormat("%p%")
         client, cid, generation = self.client, self.container_id, self.generation
         report = self._progress_reporter(generation)
 
@@ -599,7 +607,15 @@ class FilesTab(DetailsTab):
         return report
 
     def _show_progress(self, generation: int, done: int) -> None:
-        if self.current(generation) and self.busy:
+        if not (self.current(generation) and self.busy):
+            return
+        if self._expected:
+            # The tar framing adds a little to the files' own size.
+            self.progress.setValue(min(done >> 10, self.progress.maximum()))
+            self.status.setText(self.tr("Downloading… {0} of {1}").format(
+                human_bytes(min(done, self._expected)), human_bytes(self._expected)
+            ))
+        else:
             self.status.setText(self.tr("Downloading… {0} received").format(human_bytes(done)))
 
     def _downloaded(self, generation: int, result: DownloadResult) -> None:
@@ -640,7 +656,10 @@ class FilesTab(DetailsTab):
             self, self.tr("Download to folder"), str(Path.home())
         )
         if dest:
-            self.download([e.path for e in entries], Path(dest))
+            # Sizes are known for plain files; a folder's size is its whole subtree.
+            plain = all(not e.is_dir and not e.link_target for e in entries)
+            expected = sum(e.size for e in entries) if plain else 0
+            self.download([e.path for e in entries], Path(dest), expected)
 
     def _upload_files_clicked(self) -> None:
         files, _filter = QFileDialog.getOpenFileNames(

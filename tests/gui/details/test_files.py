@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PySide6.QtWidgets import QFileDialog
 
 from app.pages.details.files import (
     TransferCancelled,
@@ -78,7 +79,7 @@ def test_browse_a_stopped_container(
 @pytest.mark.engine
 def test_download_file_matches_the_container(
     qtbot: Any, details: Any, docker_client: EngineClient, new_docker_container: Any,
-    dest: Path,
+    dest: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     cid = new_docker_container(["sleep", "600"])
     tab = open_files(qtbot, details, docker_client, cid)
@@ -86,7 +87,10 @@ def test_download_file_matches_the_container(
     qtbot.waitUntil(lambda: tab.path == "/bin" and "busybox" in names(tab), timeout=20_000)
     assert tab.select_name("busybox")
     assert tab.download_button.isEnabled()
-    tab.download([e.path for e in tab.selected_entries()], dest)
+    # The button asks for a folder, then downloads with the size known from the listing.
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *_a, **_k: str(dest))
+    tab.download_button.click()
+    assert tab.busy and tab.progress.maximum() > 1000
     qtbot.waitUntil(lambda: not tab.busy, timeout=30_000)
     assert tab.last_error is None, tab.status.text()
 
@@ -105,7 +109,8 @@ def test_download_file_matches_the_container(
 
 @pytest.mark.engine
 def test_upload_then_read_back(
-    qtbot: Any, details: Any, engine_client: EngineClient, new_container: Any, tmp_path: Path
+    qtbot: Any, details: Any, engine_client: EngineClient, new_container: Any, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     cid = new_container(["sleep", "600"])
     tab = open_files(qtbot, details, engine_client, cid)
@@ -115,7 +120,11 @@ def test_upload_then_read_back(
     source = tmp_path / "upload-me.bin"
     source.write_bytes(payload)
 
-    tab.upload([source])
+    monkeypatch.setattr(
+        QFileDialog, "getOpenFileNames", lambda *_a, **_k: ([str(source)], "")
+    )
+    tab.upload_button.click()
+    assert tab.busy and not tab.cancel_button.isVisibleTo(tab)  # uploads can't be cancelled
     qtbot.waitUntil(lambda: "upload-me.bin" in names(tab), timeout=30_000)
     assert tab.last_error is None
     assert "Uploaded upload-me.bin" in tab.status.text()
