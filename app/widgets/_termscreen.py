@@ -215,6 +215,15 @@ class TermScreen(pyte.HistoryScreen):
         pyte.Screen.erase_in_display(self, 2)
         self.cursor_position()
 
+    def reset(self) -> None:
+        # RIS (ESC c) returns to the main screen; pyte alone would leave the
+        # alternate buffer active with the main one stranded.
+        if self._main_buffer is not None:
+            self.buffer = self._main_buffer
+            self._main_buffer = None
+            self._main_cursor = None
+        super().reset()
+
     def write_process_input(self, data: str) -> None:
         if self._reply is not None:
             self._reply(data)

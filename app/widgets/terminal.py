@@ -98,6 +98,8 @@ _HEX6 = re.compile(r"[0-9a-fA-F]{6}")
 _SLICE = 2048
 #: Time budget for one parse pass on the GUI thread, in seconds.
 _BUDGET = 0.008
+#: Resizing parses queued output first only up to this much (see _canvas_resized).
+_FLUSH_ON_RESIZE = 64 * 1024
 #: Delay that coalesces a burst of feed() calls into one parse + one repaint.
 _COALESCE_MS = 8
 
@@ -923,7 +925,11 @@ class TerminalWidget(QWidget):
         rows = max(1, int(height // self._cell_h))
         if (cols, rows) == self.size_in_cells():
             return
-        self.flush()
+        # Output already queued was written for the old size: parse it first,
+        # unless a flood is queued (that would block the GUI; it then lands on
+        # the new size, as it would on a terminal that is slow to catch up).
+        if len(self._pending) <= _FLUSH_ON_RESIZE:
+            self.flush()
         self._screen.resize(rows, cols)
         self._pushed_seen = self._screen.pushed
         self._offset = min(self._offset, len(self._screen.scrollback))

@@ -506,3 +506,10 @@ def test_title_and_coalescing(term: TerminalWidget, qtbot: Any) -> None:
     qtbot.waitUntil(lambda: term.pending_bytes == 0)
     term.feed(b"a")
     assert term._timer.interval() > 0
+
+
+def test_full_reset_leaves_alternate_screen(term: TerminalWidget) -> None:
+    fed(term, b"main\x1b[?1049h\x1b[?25lalt\x1bc")
+    assert not term.term_screen.in_alternate_screen
+    assert not term.term_screen.cursor.hidden
+    assert row_text(term, 0) == ""
