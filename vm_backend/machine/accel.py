@@ -94,7 +94,8 @@ def kvm_functional_probe(
     with tempfile.TemporaryDirectory(prefix="berth-kvm-probe-") as tmp:
         console = Path(tmp) / "console"
         console.touch()
-        machine = ["-machine", "q35"] if arch is Arch.AMD64 else ["-machine", "virt"]
+        board = "q35" if arch is Arch.AMD64 else "virt,gic-version=max"
+        machine = ["-machine", board]
         argv = [
             qemu, "-accel", "kvm", *machine, "-cpu", "host", "-nodefaults", "-no-user-config",
             "-display", "none", "-m", "256", "-no-reboot", "-kernel", str(kernel),

@@ -41,7 +41,11 @@ def _machine_args(spec: MachineSpec, host: HostInfo, accel: Accelerator) -> list
         # highmem lets the guest use RAM above 4 GiB (needed for >3 GiB on HVF); GICv2 only
         # addresses 8 CPUs, so ask for v3 beyond that (UTM does the same).
         machine = "virt,highmem=on"
-        if spec.cpus > 8:
+        if accel is Accelerator.KVM:
+            # Many arm64 hosts have a GICv3 without GICv2 emulation: let KVM pick
+            # (podman's options_linux_arm64.go does the same).
+            machine += ",gic-version=max"
+        elif spec.cpus > 8:
             machine += ",gic-version=3"
         return ["-machine", machine]
     machine = "q35"

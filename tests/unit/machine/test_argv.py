@@ -196,6 +196,19 @@ def test_windows_whpx_named_pipes_and_no_virtfs() -> None:
     assert WIN_PATHS.qmp_address == "\\\\.\\pipe\\berth-dev-qmp"
 
 
+def test_linux_kvm_arm64_host() -> None:
+    host = HostInfo(HostOS.LINUX, Arch.ARM64, cpus=16, memory_mib=65536)
+    spec = replace(SPEC_ARM, cpus=12)
+    argv = build_argv(spec, host, POSIX_PATHS, IMAGE_ARM, accel=Accelerator.KVM, ssh_port=2222)
+    assert argv[:17] == [
+        *head("qemu-system-aarch64"),
+        "-machine", "virt,highmem=on,gic-version=max",
+        "-accel", "kvm",
+        "-cpu", "host",
+        "-smp", "12",
+    ]
+
+
 def test_windows_qemu_11_keeps_the_kernel_irqchip() -> None:
     argv = build_argv(SPEC, WIN11, WIN_PATHS, IMAGE, accel=Accelerator.WHPX, ssh_port=2222)
     assert argv[argv.index("-accel") + 1] == "whpx"
