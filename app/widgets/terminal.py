@@ -218,6 +218,9 @@ def key_to_bytes(event: QKeyEvent, app_cursor: bool) -> bytes:
         final = _SS3_KEYS[key]
         return f"\x1b[1;{param}{final}".encode() if param > 1 else f"\x1bO{final}".encode()
 
+    if mods & _CTRL and mods & _ALT and text and text.isprintable():
+        # AltGr arrives as Ctrl+Alt on Windows: '@' from AltGr+Q is a character.
+        return text.encode("utf-8", "replace")
     prefix = b"\x1b" if mods & _ALT else b""
     if mods & _CTRL:
         if Qt.Key.Key_A <= key <= Qt.Key.Key_Z:

@@ -146,6 +146,7 @@ def key(k: Qt.Key, mods: Qt.KeyboardModifier = C.NoModifier, text: str = "") -> 
         (key(Qt.Key.Key_Space, C.ControlModifier), b"\x00"),
         (key(Qt.Key.Key_B, C.AltModifier, "b"), b"\x1bb"),
         (key(Qt.Key.Key_A, text="a"), b"a"),
+        (key(Qt.Key.Key_At, C.ControlModifier | C.AltModifier, "@"), b"@"),  # AltGr
         (key(Qt.Key.Key_unknown, text="é"), "é".encode()),
     ],
 )
