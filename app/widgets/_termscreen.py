@@ -162,9 +162,9 @@ class TermScreen(pyte.HistoryScreen):
 
     def index(self) -> None:
         top, bottom = self.margins or pyte.screens.Margins(0, self.lines - 1)
-        # Only a full-screen scroll on the main screen feeds the scrollback;
-        # a scroll region (an editor's status line stays put) or the
-        # alternate screen must not.
+        # As in xterm: lines leaving the top of the screen feed the scrollback
+        # (also from a region with a status line below it), lines leaving a
+        # region that starts lower down do not, nor does the alternate screen.
         if self.cursor.y == bottom and top == 0 and self._main_buffer is None:
             self.history.top.append(self.buffer[top])
             self.pushed += 1
