@@ -21,10 +21,10 @@ def open_isolation(qtbot: Any, details: Any, client: EngineClient, cid: str) -> 
 
 @pytest.mark.engine
 def test_normal_container_has_its_own_pid_and_net(
-    qtbot: Any, details: Any, docker_client: EngineClient, new_docker_container: Any
+    qtbot: Any, details: Any, engine_client: EngineClient, new_container: Any
 ) -> None:
-    cid = new_docker_container(["sleep", "600"], mem_limit="64m", pids_limit=50)
-    tab = open_isolation(qtbot, details, docker_client, cid)
+    cid = new_container(["sleep", "600"], mem_limit="64m", pids_limit=50)
+    tab = open_isolation(qtbot, details, engine_client, cid)
     assert tab.report.local, tab.report.reason
     status = tab.namespace_status()
     assert set(status) == {"pid", "net", "mnt", "uts", "ipc", "user", "cgroup", "time"}

@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 import pytest
-from PySide6.QtCore import QElapsedTimer, QTimer
+from PySide6.QtCore import QDateTime, QElapsedTimer, QTimer
 
 from tests.gui.details.conftest import STALL_MS, session_for
 from vm_backend.engine.client import EngineClient
@@ -55,6 +55,14 @@ def test_tail_change_restarts_the_stream(
     details.logs.tail.setValue(2)
     details.logs.restart()  # what the settle timer does once typing stops
     qtbot.waitUntil(lambda: texts(details) == ["n-5", "n-6"], timeout=15_000)
+
+    # A chosen time: the picker appears; an hour back includes everything.
+    details.logs.since.setCurrentIndex(details.logs.since.count() - 1)
+    assert details.logs.since_time.isVisibleTo(details.logs)
+    qtbot.waitUntil(lambda: texts(details) == ["n-5", "n-6"], timeout=15_000)
+    details.logs.since_time.setDateTime(QDateTime.currentDateTime().addSecs(3600))
+    details.logs.restart()
+    qtbot.waitUntil(lambda: not details.logs.panel.model.line_count(), timeout=15_000)
 
     # "Since the last 5 minutes" includes everything this young container logged.
     details.logs.tail.setValue(0)

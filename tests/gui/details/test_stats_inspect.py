@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 from PySide6.QtCore import Qt
+from PySide6.QtGui import QGuiApplication
 
 from app.pages.details.chart import LineChart, nice_binary_ceiling, nice_ceiling
 from tests.gui.details.conftest import session_for
@@ -57,6 +59,15 @@ def test_inspect_tree_search_finds_keys_and_values(
 
     tab.search.setText("berth.test")  # a key whose value is our label
     assert tab.match_count() >= 1
+
+    # Copy value: the selected row's value (JSON for an object), and the raw document.
+    tab.search.setText("PidsLimit")
+    tab.tree.setCurrentIndex(tab.proxy.index(0, 0))  # HostConfig
+    tab.copy_button.click()
+    copied = json.loads(QGuiApplication.clipboard().text())
+    assert copied["PidsLimit"] == tab.data["HostConfig"]["PidsLimit"]
+    tab.copy_raw.click()
+    assert json.loads(QGuiApplication.clipboard().text())["Id"] == cid
 
     tab.search.setText("no-such-thing-anywhere")
     assert tab.proxy.rowCount() == 0

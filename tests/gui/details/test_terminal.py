@@ -32,6 +32,12 @@ def test_echo_hi(qtbot: Any, details: Any, engine_client: EngineClient, new_cont
     qtbot.waitUntil(lambda: "hi" in screen_lines(details), timeout=10_000)
     assert tab.status.text().startswith("Connected: /bin/sh")
 
+    pump = tab.pump
+    tab.disconnect_button.click()
+    assert not tab.connected and pump is not None and pump.closed
+    assert tab.status.text() == "Disconnected"
+    assert not tab.disconnect_button.isEnabled()
+
 
 def test_vi_renders_and_exit_code_offers_reconnect(
     qtbot: Any, details: Any, docker_client: EngineClient, new_docker_container: Any
