@@ -23,11 +23,16 @@ from typing import Any
 
 import psutil
 
+from vm_backend.errors import BerthError
 from vm_backend.machine.hostinfo import Arch, HostInfo, HostOS
 from vm_backend.machine.spec import Accelerator
 
 KVM_INTERNAL_ERROR = "KVM internal error"
 _BANNER = b"Linux version"
+
+
+class QemuMissingError(BerthError):
+    """The QEMU system emulator cannot be found or started."""
 
 
 @dataclass(frozen=True)
@@ -146,7 +151,14 @@ class AcceleratorProbe:
             HostOS.DARWIN: Accelerator.HVF,
             HostOS.WINDOWS: Accelerator.WHPX,
         }[self.host.os]
-        if native.value not in self.available_accelerators(qemu):
+        available = self.available_accelerators(qemu)
+        if not available:
+            raise QemuMissingError(
+                f"{qemu} is not installed or does not run.",
+                "Install QEMU (Debian/Ubuntu: qemu-system-x86 or qemu-system-arm; macOS: "
+                "brew install qemu; Windows: the QEMU installer) and make sure it is on PATH.",
+            )
+        if native.value not in available:
             return self._slow(f"{native.value.upper()} unusable: this QEMU was built without it")
         problem = self.native_problem(native, qemu, guest_arch, kernel)
         if problem is not None:
@@ -213,6 +225,7 @@ __all__ = [
     "KVM_INTERNAL_ERROR",
     "AccelChoice",
     "AcceleratorProbe",
+    "QemuMissingError",
     "boot_id",
     "default_probe",
     "kvm_device_error",

@@ -127,3 +127,10 @@ def test_kvm_device_error_words(tmp_path: Path) -> None:
     plain = tmp_path / "plain"
     plain.write_text("")
     assert accel_mod.kvm_device_error(str(plain)) is None
+
+
+def test_missing_qemu_is_said_plainly(tmp_path: Path) -> None:
+    probe = AcceleratorProbe(LINUX, tmp_path / "c", qemu_binary=str(tmp_path / "no-qemu"))
+    with pytest.raises(accel_mod.QemuMissingError, match="not installed") as info:
+        probe.choose(Accelerator.AUTO, Arch.AMD64, KERNEL)
+    assert "Install QEMU" in info.value.hint
