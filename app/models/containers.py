@@ -107,6 +107,27 @@ def ports_text(c: Container) -> str:
     return ", ".join(out)
 
 
+def _changed_columns(old: Container, new: Container) -> set[int]:
+    """The columns whose text can differ between two versions of a container."""
+    cols = set()
+    if old.name != new.name:
+        cols.add(COL_NAME)
+    if old.labels != new.labels:
+        cols.add(COL_PROJECT)
+    if old.image != new.image:
+        cols.add(COL_IMAGE)
+    if (old.state, old.health, old.status) != (new.state, new.health, new.status):
+        # A container that stops also loses its CPU and memory figures.
+        cols.update((COL_STATE, COL_CPU, COL_MEMORY))
+    if old.ports != new.ports:
+        cols.add(COL_PORTS)
+    if old.created != new.created:
+        cols.add(COL_CREATED)
+    if not cols and old != new:
+        cols.add(COL_NAME)  # something only the summary shows (command, networks)
+    return cols
+
+
 def _ranges(rows: Iterable[int]) -> list[tuple[int, int]]:
     """Contiguous (first, last) ranges of sorted, distinct rows."""
     out: list[tuple[int, int]] = []
@@ -180,11 +201,18 @@ class ContainersModel(QAbstractTableModel):
         """Insert new containers at the end and refresh known ones in place."""
         new = [c for c in containers if c.id not in self._items]
         known = [c for c in containers if c.id in self._items]
+        changed_cols: set[int] = set()
         for c in known:
+            changed_cols |= _changed_columns(self._items[c.id], c)
             self._items[c.id] = c
             if not c.running:
                 self._stats.pop(c.id, None)
-        self._emit_changed(self._rows[c.id] for c in known)
+        if changed_cols:
+            # Only the columns that changed: a state change must not make the proxy
+            # re-sort rows when the table is sorted by another column (500 rows at once).
+            self._emit_changed(
+                (self._rows[c.id] for c in known), min(changed_cols), max(changed_cols)
+            )
         if new:
             first = len(self._ids)
             self.beginInsertRows(QModelIndex(), first, first + len(new) - 1)
@@ -227,10 +255,11 @@ class ContainersModel(QAbstractTableModel):
         if cid in self._rows:
             self._emit_changed([self._rows[cid]])
 
-    def _emit_changed(self, rows: Iterable[int]) -> None:
-        last_col = len(COLUMNS) - 1
+    def _emit_changed(
+        self, rows: Iterable[int], first_col: int = 0, last_col: int = len(COLUMNS) - 1
+    ) -> None:
         for first, last in _ranges(rows):
-            self.dataChanged.emit(self.index(first, 0), self.index(last, last_col))
+            self.dataChanged.emit(self.index(first, first_col), self.index(last, last_col))
 
     def _reindex(self) -> None:
         self._rows = {cid: row for row, cid in enumerate(self._ids)}

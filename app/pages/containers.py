@@ -196,13 +196,18 @@ class ContainerSummary(QScrollArea):
         outer.addStretch(1)
         self.setWidget(body)
         self.form_box.hide()
-        model.dataChanged.connect(self._refresh)
+        model.dataChanged.connect(self._cells_changed)
         model.rowsRemoved.connect(self._refresh)
         model.modelReset.connect(self._refresh)
 
     def show_container(self, container_id: str | None) -> None:
         self.cid = container_id
         self._refresh()
+
+    def _cells_changed(self, top: QModelIndex, bottom: QModelIndex, *_roles: object) -> None:
+        row = self.model.row_of(self.cid) if self.cid else -1
+        if top.row() <= row <= bottom.row():
+            self._refresh()
 
     def _refresh(self) -> None:
         c = self.model.container(self.cid) if self.cid else None
@@ -260,9 +265,15 @@ class ContainersPage(QWidget):
         self._stats_timer.timeout.connect(self._update_stats_targets)
 
         self.model.rowsInserted.connect(self._rows_inserted)
-        for sig in (self.model.rowsRemoved, self.model.modelReset, self.model.dataChanged,
-                    self.proxy.layoutChanged, self.proxy.rowsInserted, self.proxy.rowsRemoved):
+        for sig in (self.model.rowsRemoved, self.model.modelReset, self.proxy.layoutChanged,
+                    self.proxy.rowsInserted, self.proxy.rowsRemoved):
             sig.connect(self._model_changed)
+        # Cell changes come in bursts (stats, 500 state changes): recount once per burst.
+        self._recount_timer = QTimer(self)
+        self._recount_timer.setSingleShot(True)
+        self._recount_timer.setInterval(50)
+        self._recount_timer.timeout.connect(self._model_changed)
+        self.model.dataChanged.connect(lambda *_a: self._recount_timer.start())
         ctx.session_changed.connect(self._set_session)
         self._set_session(ctx.session)
         _pages.append(self)

@@ -211,3 +211,24 @@ def test_proxy_search_and_state_filters() -> None:
     ):
         proxy.set_state_filter(state)
         assert _names(proxy) == expected, state
+
+
+def test_a_state_change_touches_only_the_columns_it_changes(qtbot: Any) -> None:
+    from app.models.containers import COL_CREATED
+
+    c = make_container("one")
+    session = FakeSession([c])
+    model = _model(session)
+    proxy = ContainersProxy()
+    proxy.setSourceModel(model)
+    proxy.sort(COL_CREATED)
+    spans: list[tuple[int, int]] = []
+    model.dataChanged.connect(lambda a, b, _r=None: spans.append((a.column(), b.column())))
+    layouts: list[int] = []
+    proxy.layoutChanged.connect(lambda *_: layouts.append(1))
+    session.change(c.__class__(**{**c.__dict__, "state": ContainerState.EXITED}))
+    # State, CPU and memory only: the proxy, sorted by Created, has nothing to re-sort.
+    assert spans == [(COL_STATE, COL_MEMORY)]
+    assert layouts == []
+    session.change(c.__class__(**{**c.__dict__, "state": ContainerState.EXITED}))
+    assert spans == [(COL_STATE, COL_MEMORY)]  # no difference: no signal
