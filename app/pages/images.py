@@ -63,6 +63,9 @@ if TYPE_CHECKING:
     from vm_backend.engine.client import EngineClient
 
 
+MAX_NAMES = 12  # a confirmation names at most this many containers, then "and N more"
+
+
 class ObjectPage(QWidget):
     """Toolbar + search + table + task strip, bound to the context's session."""
 
@@ -481,8 +484,11 @@ class ImagesPage(ObjectPage):
         users = sorted({u for r in rows for u in self.images.users_of(r.image.id)})
         text = "Remove " + ", ".join(names) + "?"
         if users:
+            shown = ", ".join(users[:MAX_NAMES])
+            if len(users) > MAX_NAMES:
+                shown += f" and {len(users) - MAX_NAMES} more"
             text += (
-                "\n\nIn use by containers: " + ", ".join(users) + ".\nThe removal will be "
+                "\n\nIn use by containers: " + shown + ".\nThe removal will be "
                 "forced: Docker keeps the layers those containers need, Podman removes the "
                 "containers too. A running container still blocks the removal on Docker."
             )

@@ -27,7 +27,7 @@ from app.dialogs.image_ops import TaskRow, show_error
 from app.dialogs.volume_ops import CreateVolumeDialog, VolumeBrowser
 from app.models.images import human_size
 from app.models.volumes import VolumeTableModel
-from app.pages.images import ObjectPage, prune_text
+from app.pages.images import MAX_NAMES, ObjectPage, prune_text
 from app.pages.registry import register_page
 from vm_backend.engine.models import Container, DiskUsage, Volume
 from vm_backend.engine.monitor import Diff
@@ -175,7 +175,10 @@ class VolumesPage(ObjectPage):
         text = "Remove volume" + ("s " if len(names) > 1 else " ") + ", ".join(names) + "?"
         users = sorted({u for n in names for u in self.volumes.users_of(n)})
         if users:
-            text += ("\n\nUsed by containers: " + ", ".join(users) +
+            shown = ", ".join(users[:MAX_NAMES])
+            if len(users) > MAX_NAMES:
+                shown += f" and {len(users) - MAX_NAMES} more"
+            text += ("\n\nUsed by containers: " + shown +
                      ".\nThe engine refuses to remove a volume while a container uses it.")
         text += "\n\nIts files are deleted for good."
 

@@ -106,6 +106,11 @@ def container_path(path: str) -> str:
     return f"{MOUNT}/{rel}" if rel else MOUNT
 
 
+def _contents_path(path: str) -> str:
+    """The archive path for a directory's contents (see :func:`_normalise`)."""
+    return container_path(path) + "/."
+
+
 def pick_helper_image(client: EngineClient) -> str:
     """The id of a local image to create helpers from; raises when there is none.
 
@@ -159,36 +164,17 @@ def _int(value: object) -> int:
 
 
 def _normalise(name: str) -> str:
+    """An archive member name relative to the directory archived as ``DIR/.``.
+
+    Docker names such members ``./a`` (with a ``.`` root entry), Podman ``a`` (no root
+    entry); both become ``a``, and the root becomes "". Archiving ``DIR`` itself instead
+    would prefix Docker's names with the basename but not Podman's, and Podman does not
+    always put the root entry first, so there is no reliable way to strip a prefix.
+    """
     name = name.lstrip("/")
     while name.startswith("./"):
         name = name[2:]
     return "" if name == "." else name.rstrip("/")
-
-
-class _Rebaser:
-    """Maps archive member names to paths relative to the archived directory.
-
-    Docker names members ``volume/a`` (the basename of the path first); Podman names them
-    ``/a`` after an empty root entry. The first member tells which shape we got.
-    """
-
-    def __init__(self) -> None:
-        self._root: str | None = None
-
-    def rel(self, member_name: str) -> str | None:
-        """The relative path, "" for the root itself, None for a name outside it."""
-        name = _normalise(member_name)
-        if self._root is None:
-            # The root entry comes first. Podman's is empty; Docker's is the basename.
-            self._root = name
-            return ""
-        if not self._root:
-            return name
-        if name == self._root:
-            return ""
-        if name.startswith(self._root + "/"):
-            return name[len(self._root) + 1 :]
-        return None
 
 
 class _ChunkReader(io.RawIOBase):
@@ -336,17 +322,26 @@ class VolumeHelper:
         finally:
             stream.close()
 
+    def _is_dir(self, path: str) -> bool:
+        """Whether ``path`` in the container is a directory (HEAD: stat only, no data)."""
+        api: Any = self.client.api
+        with engine_call(f"Reading {path} from volume {self.volume}"):
+            url = api._url("/containers/{0}/archive", self.container_id)
+            response = api.head(url, params={"path": path})
+            api._raise_for_status(response)
+        header = response.headers.get("x-docker-container-path-stat", "")
+        stat = docker.utils.decode_json_header(header) if header else {}
+        # Docker marks directories with Go's os.ModeDir bit; Podman also says isDir.
+        return bool(stat.get("isDir")) or (_int(stat.get("mode")) & (1 << 31)) != 0
+
     def list_dir(self, path: str = "") -> list[VolumeEntry]:
         """The direct children of a directory in the volume, directories first."""
         rel_dir = clean_path(path)
-        rebase = _Rebaser()
         entries: list[VolumeEntry] = []
-        with (
-            self._archive(container_path(rel_dir)) as (stream, _stat),
-            tarfile.open(fileobj=_ChunkReader(stream, _never, _ignore, "List"), mode="r|") as tar,
-        ):
-            for member in tar:
-                rel = rebase.rel(member.name)
+        with self._archive(_contents_path(rel_dir)) as (stream, _stat):
+            tar = _open_stream(_ChunkReader(stream, _never, _ignore, "List"))
+            for member in tar if tar is not None else ():
+                rel = _normalise(member.name)
                 if not rel or "/" in rel:
                     continue
                 entries.append(
@@ -375,48 +370,21 @@ class VolumeHelper:
         Returns the bytes received from the engine.
         """
         rel = clean_path(path)
-        with self._archive(container_path(rel)) as (stream, stat):
-            return self._save(rel, stream, stat, dest, cancelled, progress)
-
-    def _save(
-        self,
-        rel: str,
-        stream: Iterator[bytes],
-        stat: Mapping[str, object],
-        dest: Path,
-        cancelled: Cancelled,
-        progress: Progress,
-    ) -> int:
-        # Docker marks directories with Go's os.ModeDir bit; Podman also says isDir.
-        is_dir = bool(stat.get("isDir")) or (_int(stat.get("mode")) & (1 << 31)) != 0
-        reader = _ChunkReader(stream, cancelled, progress, "Download")
-        if is_dir or not rel:
-            _rebase_tar(reader, dest)
+        if not rel or self._is_dir(container_path(rel)):
+            with self._archive(_contents_path(rel)) as (stream, _stat):
+                reader = _ChunkReader(stream, cancelled, progress, "Download")
+                _rebase_tar(reader, dest)
+                return reader.count
+        with self._archive(container_path(rel)) as (stream, _stat):
+            reader = _ChunkReader(stream, cancelled, progress, "Download")
+            _save_single_file(rel, reader, dest)
             return reader.count
-        tmp = dest.with_name(f".{dest.name}.partial")
-        try:
-            with tarfile.open(fileobj=reader, mode="r|") as tar:
-                member = tar.next()
-                if member is None or not member.isfile():
-                    raise VolumeHelperError(
-                        f"{rel} is not a regular file.", "Download its folder instead."
-                    )
-                src = tar.extractfile(member)
-                if src is None:
-                    raise VolumeHelperError(f"{rel} could not be read.", "")
-                with open(tmp, "wb") as out:
-                    while chunk := src.read(_CHUNK):
-                        out.write(chunk)
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return reader.count
 
     def export_tar(
         self, dest: Path, cancelled: Cancelled = _never, progress: Progress = _ignore
     ) -> int:
         """The whole volume as a portable tar (paths relative to the volume root)."""
-        with self._archive(MOUNT) as (stream, _stat):
+        with self._archive(_contents_path("")) as (stream, _stat):
             reader = _ChunkReader(stream, cancelled, progress, "Export")
             _rebase_tar(reader, dest)
             return reader.count
@@ -490,22 +458,49 @@ def _portable(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
     return info
 
 
-def _rebase_tar(reader: _ChunkReader, dest: Path) -> None:
-    """Rewrite an engine archive stream into ``dest`` with names relative to its root."""
-    tmp = dest.with_name(f".{dest.name}.partial")
-    rebase = _Rebaser()
+def _open_stream(reader: _ChunkReader) -> tarfile.TarFile | None:
+    """An archive stream opened for reading; None for an empty directory's zero bytes."""
     try:
-        with (
-            tarfile.open(fileobj=reader, mode="r|") as src,
-            tarfile.open(tmp, mode="w", format=tarfile.PAX_FORMAT) as out,
-        ):
-            for member in src:
-                rel = rebase.rel(member.name)
-                if rel is None:
-                    continue
-                member.name = rel or "."
-                data = src.extractfile(member) if member.isfile() else None
-                out.addfile(member, data)
+        return tarfile.open(fileobj=reader, mode="r|")
+    except tarfile.ReadError:
+        if reader.count == 0:
+            return None
+        raise
+
+
+def _save_single_file(rel: str, reader: _ChunkReader, dest: Path) -> None:
+    """Write the one regular file in an archive stream to ``dest``, atomically."""
+    tmp = dest.with_name(f".{dest.name}.partial")
+    try:
+        with tarfile.open(fileobj=reader, mode="r|") as tar:
+            member = tar.next()
+            if member is None or not member.isfile():
+                raise VolumeHelperError(
+                    f"{rel} is not a regular file.", "Download its folder instead."
+                )
+            src = tar.extractfile(member)
+            if src is None:
+                raise VolumeHelperError(f"{rel} could not be read.", "")
+            with open(tmp, "wb") as out:
+                while chunk := src.read(_CHUNK):
+                    out.write(chunk)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _rebase_tar(reader: _ChunkReader, dest: Path) -> None:
+    """Rewrite a ``DIR/.`` archive stream into ``dest`` with names relative to DIR."""
+    tmp = dest.with_name(f".{dest.name}.partial")
+    try:
+        src = _open_stream(reader)
+        with tarfile.open(tmp, mode="w", format=tarfile.PAX_FORMAT) as out:
+            if src is not None:
+                with src:
+                    for member in src:
+                        member.name = _normalise(member.name) or "."
+                        data = src.extractfile(member) if member.isfile() else None
+                        out.addfile(member, data)
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)

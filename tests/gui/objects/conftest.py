@@ -13,6 +13,7 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+import gc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,23 @@ ENGINES = {
 LABEL = "berth.test=objects"
 LABELS = {"berth.test": "objects"}
 TEST_IMAGE = "berth-test/busybox:latest"
+
+
+@pytest.fixture(autouse=True)
+def gc_on_gui_thread() -> Iterator[None]:
+    """Collect garbage only here, on the GUI thread.
+
+    A collection triggered by whichever thread allocates (the monitor's workers) may
+    free Python-owned Qt objects (test pages, dialogs, the context) from that thread,
+    and PySide then crashes in their destructors. qutebrowser does the same in its app.
+    """
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect()
 
 
 def _answers(url: str) -> str:
@@ -109,12 +127,13 @@ def ctx(qtbot: Any, engine: str, cleanup: docker.APIClient) -> Iterator[AppConte
     context = AppContext(settings=Settings())
     session = EngineSession(endpoint, reconcile_interval=5.0)
     context.use_session(session)
-    qtbot.waitUntil(lambda: session.connected, timeout=15000)
+    qtbot.waitUntil(lambda: session.connected, timeout=60000)
     yield context
     context.shutdown()
     session.deleteLater()
+    context.deleteLater()
 
 
 def wait_for_key(qtbot: Any, model: Any, key: str, present: bool = True,
-                 timeout: int = 20000) -> None:
+                 timeout: int = 60000) -> None:
     qtbot.waitUntil(lambda: (model.row_of(key) >= 0) == present, timeout=timeout)

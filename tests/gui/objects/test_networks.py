@@ -77,7 +77,7 @@ def _click_confirm(qtbot: Any, page: Any) -> None:
         boxes = [b for b in page.findChildren(QMessageBox) if b.isVisible()]
         return boxes[-1] if boxes else None
 
-    qtbot.waitUntil(lambda: box() is not None)
+    qtbot.waitUntil(lambda: box() is not None, timeout=60000)
     found = box()
     assert found is not None
     yes = next(b for b in found.buttons()
@@ -113,9 +113,9 @@ def test_create_connect_disconnect_prune(
     dialog.gateway.setText(f"10.213.{third}.1")
     dialog.labels.setPlainText("berth.test=objects")
     assert dialog.ok.isEnabled(), dialog.error.text()
-    with qtbot.waitSignal(dialog.created, timeout=20000):
+    with qtbot.waitSignal(dialog.created, timeout=60000):
         dialog.ok.click()
-    qtbot.waitUntil(lambda: bool(_key_for(page, name)), timeout=20000)
+    qtbot.waitUntil(lambda: bool(_key_for(page, name)), timeout=60000)
     key = _key_for(page, name)
     row = page.networks.row_of(key)
     assert page.networks.index(row, 3).data() == subnet
@@ -131,30 +131,30 @@ def test_create_connect_disconnect_prune(
         host_config=api.create_host_config(network_mode=home),
     )["Id"]
     api.start(cid)
-    qtbot.waitUntil(lambda: any(c.id == cid for c in page._containers()), timeout=20000)
+    qtbot.waitUntil(lambda: any(c.id == cid for c in page._containers()), timeout=60000)
 
     assert page.select_key(key)
     inspect = page.inspect_selected()
     assert inspect is not None
-    qtbot.waitUntil(lambda: not inspect.busy, timeout=20000)
+    qtbot.waitUntil(lambda: not inspect.busy, timeout=60000)
     assert inspect.fields["Subnet"].text() == subnet
     assert inspect.attached_names() == []
     assert inspect.pick(cid)
-    with qtbot.waitSignal(inspect.changed, timeout=20000) as blocker:
+    with qtbot.waitSignal(inspect.changed, timeout=60000) as blocker:
         inspect.connect_button.click()
     assert blocker.args[0] is True, blocker.args
-    qtbot.waitUntil(lambda: inspect.attached_names() == [cname], timeout=20000)
+    qtbot.waitUntil(lambda: inspect.attached_names() == [cname], timeout=60000)
     ipv4 = inspect.table.item(0, 1).text()
     assert ipv4.startswith(f"10.213.{third}.")
     # The count column follows (the page asks the session to re-list containers).
     qtbot.waitUntil(lambda: page.networks.index(page.networks.row_of(key), 6).data() == "1",
-                    timeout=20000)
+                    timeout=60000)
 
     assert inspect.select_attached(cname)
-    with qtbot.waitSignal(inspect.changed, timeout=20000) as blocker:
+    with qtbot.waitSignal(inspect.changed, timeout=60000) as blocker:
         inspect.disconnect_button.click()
     assert blocker.args[0] is True, blocker.args
-    qtbot.waitUntil(lambda: inspect.attached_names() == [], timeout=20000)
+    qtbot.waitUntil(lambda: inspect.attached_names() == [], timeout=60000)
     inspect.close()
     api.remove_container(cid, force=True)
 
@@ -167,8 +167,8 @@ def test_create_connect_disconnect_prune(
     # Prune removes our unused network (and reports what it removed). The engines are
     # shared with other test runs, so the engine call is scoped to our label; the page's
     # confirm -> task -> notify -> model path is the real one.
+    qtbot.waitUntil(lambda: bool(_key_for(page, home)), timeout=60000)
     home_key = _key_for(page, home)
-    assert home_key
     client = ctx.session.client
 
     def prune_ours() -> PruneResult:
@@ -189,7 +189,7 @@ def test_builtin_networks_are_not_removed(qtbot: Any, ctx: Any) -> None:
     page = NetworksPage(ctx)
     qtbot.addWidget(page)
     qtbot.waitUntil(lambda: bool(_key_for(page, "bridge") or _key_for(page, "podman")),
-                    timeout=20000)
+                    timeout=60000)
     key = _key_for(page, "bridge") or _key_for(page, "podman")
     assert page.select_key(key)
     page.remove_selected()

@@ -60,7 +60,7 @@ def _click_confirm(qtbot: Any, page: Any) -> None:
         boxes = [b for b in page.findChildren(QMessageBox) if b.isVisible()]
         return boxes[-1] if boxes else None
 
-    qtbot.waitUntil(lambda: box() is not None)
+    qtbot.waitUntil(lambda: box() is not None, timeout=60000)
     found = box()
     assert found is not None
     yes = next(b for b in found.buttons()
@@ -83,7 +83,7 @@ def test_volume_files_roundtrip(
     dialog.name.setText(name)
     dialog.labels.setPlainText("berth.test=objects\nowner=berth")
     assert dialog.ok.isEnabled()
-    with qtbot.waitSignal(dialog.created, timeout=20000):
+    with qtbot.waitSignal(dialog.created, timeout=60000):
         dialog.ok.click()
     wait_for_key(qtbot, page.volumes, name)
     assert api.inspect_volume(name)["Labels"]["owner"] == "berth"
@@ -92,7 +92,7 @@ def test_volume_files_roundtrip(
     assert page.select_key(name)
     browser = page.browse_selected()
     assert browser is not None
-    qtbot.waitUntil(lambda: not browser.loading, timeout=20000)
+    qtbot.waitUntil(lambda: not browser.loading, timeout=60000)
     assert browser.entries == []
     src = tmp_path / "notes.txt"
     src.write_text("written through the helper\n")
@@ -105,9 +105,9 @@ def test_volume_files_roundtrip(
     with qtbot.waitSignal(browser.transfer_finished, timeout=30000) as blocker:
         browser.upload(folder)
     assert blocker.args[0] is True, blocker.args
-    qtbot.waitUntil(lambda: not browser.loading and len(browser.entries) == 2, timeout=20000)
+    qtbot.waitUntil(lambda: not browser.loading and len(browser.entries) == 2, timeout=60000)
     assert [e.name for e in browser.entries] == ["conf", "notes.txt"]
-    with qtbot.waitSignal(browser.listed, timeout=20000, check_params_cb=lambda p: p == "conf"):
+    with qtbot.waitSignal(browser.listed, timeout=60000, check_params_cb=lambda p: p == "conf"):
         browser.navigate("conf")
     assert [e.path for e in browser.entries] == ["conf/app.ini"]
     assert browser.select_name("app.ini")
@@ -116,7 +116,7 @@ def test_volume_files_roundtrip(
         browser.download(browser.entries[0], out)
     assert blocker.args[0] is True, blocker.args
     assert out.read_text() == "[app]\n"
-    with qtbot.waitSignal(browser.listed, timeout=20000):
+    with qtbot.waitSignal(browser.listed, timeout=60000):
         browser.go_up()
     assert browser.path == ""
     browser.close()
@@ -143,7 +143,7 @@ def test_volume_files_roundtrip(
     assert page.select_key(copy)
     browser = page.browse_selected()
     assert browser is not None
-    qtbot.waitUntil(lambda: not browser.loading and len(browser.entries) == 2, timeout=20000)
+    qtbot.waitUntil(lambda: not browser.loading and len(browser.entries) == 2, timeout=60000)
     browser.close()
 
     # Used by: a container mounting the volume shows up in the column.
@@ -152,10 +152,10 @@ def test_volume_files_roundtrip(
         name=f"berth-objects-vuser-{uuid.uuid4().hex[:6]}",
         host_config=api.create_host_config(binds={name: {"bind": "/data", "mode": "rw"}}),
     )["Id"]
-    qtbot.waitUntil(lambda: bool(page.volumes.users_of(name)), timeout=20000)
+    qtbot.waitUntil(lambda: bool(page.volumes.users_of(name)), timeout=60000)
     assert page.volumes.users_of(name)[0].startswith("berth-objects-vuser-")
     api.remove_container(cid, force=True)
-    qtbot.waitUntil(lambda: not page.volumes.users_of(name), timeout=20000)
+    qtbot.waitUntil(lambda: not page.volumes.users_of(name), timeout=60000)
 
     # Sizes on request.
     page.refresh_sizes()
