@@ -6,7 +6,8 @@ to ``console.log.1`` past a size), and to each subscriber. Complete lines are sc
 the guest's ``BERTH-STAGE <stage> <uptime>`` / ``BERTH-FAIL <stage> <reason>`` markers
 and for the kernel banner. Any subscriber may write (typing reaches the guest).
 
-Subscriber callbacks run on the reader thread: they must be quick (hand off to a queue).
+Each subscriber is fed by its own thread through a bounded queue, so a slow viewer can
+block only itself; marker callbacks run on the reader thread and must be quick.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import re
 import socket
 import threading
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RING_BYTES = 256 * 1024
 DEFAULT_LOG_MAX_BYTES = 2 * 1024 * 1024
+DEFAULT_VIEWER_QUEUE = 1024  # chunks of up to 64 KiB each
 _MAX_LINE = 4096  # a line longer than this is scanned in pieces (no unbounded buffer)
 
 _STAGE_RE = re.compile(rb"BERTH-STAGE ([a-z_]+) ([0-9]+(?:\.[0-9]+)?)")
@@ -57,17 +60,49 @@ ClosedCallback = Callable[[], None]
 
 
 class Subscription:
-    """A handle for one attached viewer; ``close()`` detaches it."""
+    """One attached viewer, fed by its own thread through a bounded queue.
 
-    def __init__(self, console: SerialConsole, callback: DataCallback) -> None:
+    A slow viewer (a remote client on a slow link) must never stall the console reader:
+    that would delay the readiness markers and the log. When its queue is full, chunks
+    are dropped for that viewer only and counted in ``dropped_bytes``.
+    """
+
+    def __init__(self, console: SerialConsole, callback: DataCallback,
+                 max_chunks: int = DEFAULT_VIEWER_QUEUE) -> None:
         self._console = console
         self.callback = callback
+        self.dropped_bytes = 0
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=max_chunks)
+        self._thread = threading.Thread(target=self._deliver, name="berth-console-viewer",
+                                        daemon=True)
+        self._thread.start()
+
+    def _offer(self, data: bytes) -> None:
+        try:
+            self._queue.put_nowait(data)
+        except queue.Full:
+            self.dropped_bytes += len(data)
+
+    def _deliver(self) -> None:
+        while (data := self._queue.get()) is not None:
+            try:
+                self.callback(data)
+            except Exception:  # one broken viewer must not stop the others
+                log.exception("console subscriber failed")
 
     def write(self, data: bytes) -> None:
         self._console.write(data)
 
     def close(self) -> None:
+        """Detach; bytes already queued are still delivered, then the thread ends."""
         self._console._unsubscribe(self)
+        self._stop()
+
+    def _stop(self) -> None:
+        # Blocking put: the sentinel must not be lost to a full queue.
+        self._queue.put(None)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=5)
 
 
 class BoundedLog:
@@ -156,7 +191,9 @@ class SerialConsole:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         with self._lock:
-            self._subscribers.clear()
+            subscribers, self._subscribers = self._subscribers, []
+        for sub in subscribers:
+            sub._stop()
         if self._log is not None:
             self._log.close()
 
@@ -171,13 +208,17 @@ class SerialConsole:
         sub = Subscription(self, callback)
         with self._lock:
             if replay and self._ring:
-                callback(bytes(self._ring))
+                sub._offer(bytes(self._ring))
             self._subscribers.append(sub)
         return sub
 
-    def _unsubscribe(self, sub: Subscription) -> None:
-        with self._lock, contextlib.suppress(ValueError):
-            self._subscribers.remove(sub)
+    def _unsubscribe(self, sub: Subscription) -> bool:
+        with self._lock:
+            try:
+                self._subscribers.remove(sub)
+            except ValueError:
+                return False
+            return True
 
     def on_marker(self, callback: MarkerCallback) -> None:
         self._marker_callbacks.append(callback)
@@ -240,10 +281,7 @@ class SerialConsole:
             except OSError:
                 log.exception("cannot write console.log")
         for sub in subscribers:
-            try:
-                sub.callback(data)
-            except Exception:  # one broken viewer must not stop the console
-                log.exception("console subscriber failed")
+            sub._offer(data)
         self._scan(data)
 
     def _scan(self, data: bytes) -> None:

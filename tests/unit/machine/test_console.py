@@ -105,6 +105,7 @@ def test_console_reads_records_parses_and_writes(short_dir: Path) -> None:
     assert [m.kind for m in markers] == ["kernel", "stage", "fail"]
     assert markers[1].stage == "init" and markers[1].uptime == 0.91
     assert markers[2].reason == "dockerd died"
+    wait_until(lambda: len(b"".join(seen_b)) == console.bytes_read)
     assert b"".join(seen_a) == b"".join(seen_b)
     sub_b.close()
     sub_a.write(b"ls\n")
@@ -150,9 +151,50 @@ def test_replay_gives_a_new_viewer_the_recent_output(short_dir: Path) -> None:
     wait_until(lambda: console.bytes_read == 15)
     got: list[bytes] = []
     console.subscribe(got.append, replay=True)
-    assert got == [b"earlier output\n"]
+    wait_until(lambda: got == [b"earlier output\n"])
     console.close()
     fake.close()
+
+
+def test_a_slow_viewer_does_not_stall_the_console(short_dir: Path) -> None:
+    path = str(short_dir / "c.sock")
+    fake = FakeChardev(path)
+    console = SerialConsole(path)
+    markers: list[ConsoleMarker] = []
+    console.on_marker(markers.append)
+    console.connect(timeout=2)
+    release = threading.Event()
+    slow_got: list[bytes] = []
+
+    def slow(data: bytes) -> None:
+        release.wait(10)  # a client that stopped reading
+        slow_got.append(data)
+
+    fast_got: list[bytes] = []
+    slow_sub = console.subscribe(slow)
+    console.subscribe(fast_got.append)
+    for i in range(3):
+        fake.send(f"BERTH-STAGE init 0.{i}\n".encode())
+        time.sleep(0.02)
+    wait_until(lambda: len(markers) == 3, timeout=2)
+    wait_until(lambda: b"0.2" in b"".join(fast_got), timeout=2)
+    release.set()
+    wait_until(lambda: b"0.2" in b"".join(slow_got), timeout=2)
+    assert slow_sub.dropped_bytes == 0
+    console.close()
+    fake.close()
+
+
+def test_a_full_viewer_queue_drops_for_that_viewer_only(short_dir: Path) -> None:
+    console = SerialConsole(str(short_dir / "unused.sock"))
+    block = threading.Event()
+    sub = console.subscribe(lambda data: block.wait(10))
+    sub._queue.maxsize = 2  # tiny queue for the test
+    for _ in range(10):
+        sub._offer(b"12345")
+    assert sub.dropped_bytes > 0
+    block.set()
+    sub.close()
 
 
 def test_bounded_log_rotates(tmp_path: Path) -> None:
