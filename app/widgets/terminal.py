@@ -251,6 +251,7 @@ class _FindBar(QWidget):
         self.next_button = QToolButton(self)
         self.next_button.setText(self.tr("Next"))
         self.status = QLabel(self)
+        self.status.setTextFormat(Qt.TextFormat.PlainText)
         self.close_button = QToolButton(self)
         self.close_button.setText(self.tr("Close"))
         for w in (self.edit, self.case, self.prev_button, self.next_button, self.status):
@@ -365,7 +366,8 @@ class TerminalWidget(QWidget):
     input_bytes = Signal(bytes)
     #: The view's size in cells changed: (columns, rows).
     resized = Signal(int, int)
-    #: The remote program set the window title (OSC 0 / OSC 2).
+    #: The remote program set the window title (OSC 0 / OSC 2). Remote-chosen
+    #: text: show it as plain text only.
     title_changed = Signal(str)
 
     def __init__(
