@@ -65,6 +65,7 @@ SHELL_STATES = frozenset({"running", "paused"})
 STOP_TIMEOUT_S = 30
 SSH_RETRY_S = 20.0
 CONSOLE_TAIL_LINES = 30
+QEMU_TAIL_LINES = 8
 DEFAULT_DISK_GIB = 32
 
 ClientFactory = Callable[[], Any]
@@ -695,6 +696,13 @@ class MachinePage(QWidget):
                 self.tr("(the console log could not be read: {0})").format(user_message(e))
             )
         ).run(self)
+        if stage == "qemu":
+            # QEMU refusing to run says why in its own log, not on the console.
+            Op(self._call, "machine.logs", which="qemu", lines=QEMU_TAIL_LINES).success(
+                lambda doc: self.overview.failure.set_qemu_output(
+                    str((doc or {}).get("text") or "")
+                )
+            ).run(self)
         self._update_buttons()
         self.refresh()
 

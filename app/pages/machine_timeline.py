@@ -250,6 +250,11 @@ class FailurePanel(QFrame):
         self.reason.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.hint = plain_label("", self)
         self.hint.setWordWrap(True)
+        # QEMU's own words, when QEMU itself refused to run (its log, not the console).
+        self.qemu_output = plain_label("", self)
+        self.qemu_output.setWordWrap(True)
+        self.qemu_output.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.qemu_output.hide()
         self.tail_label = plain_label(self.tr("Last console lines:"), self)
         self.tail = QPlainTextEdit(self)
         self.tail.setReadOnly(True)
@@ -275,6 +280,7 @@ class FailurePanel(QFrame):
         layout.addWidget(self.title)
         layout.addWidget(self.reason)
         layout.addWidget(self.hint)
+        layout.addWidget(self.qemu_output)
         layout.addWidget(self.tail_label)
         layout.addWidget(self.tail, 1)
         layout.addLayout(buttons)
@@ -287,7 +293,14 @@ class FailurePanel(QFrame):
         self.reason.setText(self.tr("Why: {0}").format(reason))
         self.hint.setText(self.tr("What to try: {0}").format(hint or GENERIC_HINT))
         self.tail.setPlainText(self.tr("(reading the console log…)"))
+        self.qemu_output.clear()
+        self.qemu_output.hide()
         self.show()
+
+    def set_qemu_output(self, text: str) -> None:
+        text = text.strip()
+        self.qemu_output.setText(self.tr("QEMU said: {0}").format(text) if text else "")
+        self.qemu_output.setVisible(bool(text))
 
     def set_console_tail(self, text: str) -> None:
         self.tail.setPlainText(text.rstrip("\n") or self.tr("(the console printed nothing)"))
@@ -295,7 +308,7 @@ class FailurePanel(QFrame):
 
     def details_text(self) -> str:
         return "\n".join(
-            [self.title.text(), self.reason.text(), self.hint.text(), "",
+            [self.title.text(), self.reason.text(), self.hint.text(), self.qemu_output.text(), "",
              self.tail_label.text(), self.tail.toPlainText()]
         )
 

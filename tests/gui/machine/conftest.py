@@ -84,6 +84,7 @@ class FakeDaemon:
         self.boot_gate: threading.Event | None = None
         self.set_error: DaemonError | None = None
         self.console_text = "[    0.000000] Linux version 6.1.0\nberth login: root (automatic)\n"
+        self.qemu_text = ""
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.console_peers: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -141,7 +142,8 @@ class FakeDaemon:
             self.doc = {**self.doc, "spec": spec}
             return spec
         if method == "machine.logs":
-            lines = self.console_text.splitlines()[-int(params.get("lines") or 200):]
+            text = self.qemu_text if params.get("which") == "qemu" else self.console_text
+            lines = text.splitlines()[-int(params.get("lines") or 200):]
             return {"text": "\n".join(lines)}
         if method == "machine.status":
             return dict(self.doc)

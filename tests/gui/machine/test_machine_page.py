@@ -151,12 +151,17 @@ def test_launch_error_without_stage_progress_names_qemu(qtbot: QtBot,
                                                         fake_daemon: FakeDaemon) -> None:
     page = make_page(qtbot, fake_daemon)
     fake_daemon.boot_error = DaemonError("QEMU exited at start (code 1).", "See qemu.log.")
+    fake_daemon.qemu_text = "qemu: linux kernel too old to load a ram disk\n"
     page.start_vm()
     failure = page.overview.failure
     qtbot.waitUntil(lambda: failure.isVisible(), timeout=WAIT)
     assert failure.stage_key == "qemu"
     assert "QEMU exited at start" in failure.reason.text()
     assert failure.hint.text() == "What to try: See qemu.log."
+    qtbot.waitUntil(lambda: failure.qemu_output.isVisible(), timeout=WAIT)
+    assert failure.qemu_output.text() == (
+        "QEMU said: qemu: linux kernel too old to load a ram disk"
+    )
 
 
 def test_guest_text_is_plain(qtbot: QtBot, fake_daemon: FakeDaemon) -> None:

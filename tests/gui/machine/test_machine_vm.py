@@ -1,0 +1,255 @@
+"""The Machine page driving the real helper VM through a real berthd (slow: ``-m vm``).
+
+One module-scoped machine under a short private ``BERTH_HOME`` (``/tmp/bm-XXXX``; the
+docker context goes to a private ``DOCKER_CONFIG`` there): the page creates it from its
+first-run panel, boots it and the timeline advances stage by stage to ``socket``; the
+console shows the boot and runs a typed command; a shell tab runs a command over SSH;
+the page stops the VM. A second machine, booted from a guest image whose kernel is
+garbage, shows the failed stage, QEMU's reason and the console tail.
+
+Boots take 1–4 minutes under TCG on a loaded 2-core host, so waits are generous; every
+wait is bounded. Teardown stops the VM and ends the berthd this module started (by pid).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from PySide6.QtWidgets import QApplication
+from pytestqt.qtbot import QtBot
+
+from app.pages.machine import MachinePage
+from app.pages.machine_timeline import STAGE_KEYS
+from vm_backend.daemon.client import DaemonClient, DaemonError
+from vm_backend.machine.paths import MachinePaths
+
+pytestmark = pytest.mark.vm
+
+REPO = Path(__file__).resolve().parents[3]
+IMAGE = REPO / "packaging" / "guest" / "out" / "amd64"
+BOOT_MS = 9 * 60 * 1000  # TCG at load 20+ on 2 cores; a quiet host boots in well under 1 min
+STEP_MS = 120 * 1000
+
+
+def _end_pid(pid: int, timeout: float = 15.0) -> None:
+    with contextlib.suppress(psutil.Error):
+        proc = psutil.Process(pid)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except psutil.TimeoutExpired:
+            proc.kill()
+
+
+def teardown_home(home: Path) -> None:
+    """Stop the VM and the berthd serving ``home`` (both found by pid, never by name)."""
+    client = DaemonClient(home, autostart=False)
+    daemon_pid: int | None = None
+    with contextlib.suppress(DaemonError):
+        client.call("machine.stop", {"name": "default", "timeout": 20}, timeout=90)
+    with contextlib.suppress(DaemonError):
+        daemon_pid = int(client.call("ping", timeout=10)["pid"])
+    if daemon_pid is not None:
+        _end_pid(daemon_pid)
+    pid_file = MachinePaths.for_machine("default", home).run_dir / "qemu.pid"
+    with contextlib.suppress(OSError, ValueError):
+        qemu_pid = int(pid_file.read_text().strip())
+        if psutil.Process(qemu_pid).name().startswith("qemu-system"):
+            _end_pid(qemu_pid)
+
+
+@contextlib.contextmanager
+def private_home(**env: str) -> Iterator[Path]:
+    home = Path(tempfile.mkdtemp(prefix="bm-", dir="/tmp"))
+    patch = pytest.MonkeyPatch()
+    patch.setenv("BERTH_HOME", str(home))
+    patch.setenv("DOCKER_CONFIG", str(home / "docker"))
+    for key, value in env.items():
+        patch.setenv(key, value)
+    try:
+        yield home
+    finally:
+        teardown_home(home)
+        patch.undo()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def vm_home() -> Iterator[Path]:
+    if not (IMAGE / "vmlinuz").exists():
+        pytest.skip("no guest image; build it: bash packaging/guest/build.sh --arch amd64")
+    with private_home() as home:
+        yield home
+
+
+@pytest.fixture
+def berth_home(vm_home: Path) -> Path:
+    """Every test of this module sees the module's machine (overrides the per-test home)."""
+    return vm_home
+
+
+@pytest.fixture(scope="module")
+def page(qapp: QApplication, vm_home: Path) -> Iterator[MachinePage]:
+    widget = MachinePage(None)
+    widget.resize(1100, 900)
+    widget.show()
+    yield widget
+    widget.shutdown()
+    widget.close()
+    widget.deleteLater()
+
+
+def screen_text(pane: Any) -> str:
+    pane.terminal.flush()
+    return str(pane.terminal.text())
+
+
+@pytest.mark.timeout(900)
+def test_create_and_boot_from_the_page(page: MachinePage, qtbot: QtBot) -> None:
+    qtbot.waitUntil(lambda: page.exists is False, timeout=60_000)
+    assert page.stack.currentWidget() is page.first_run
+    seen: list[tuple[str, str]] = []
+
+    def record(message: Any) -> None:
+        stage = message.get("stage") if isinstance(message, dict) else None
+        if isinstance(stage, dict):
+            seen.append((str(stage.get("stage")), str(stage.get("state"))))
+
+    page.progress.connect(record)
+    page.first_run.create_button.click()
+    timeline = page.overview.timeline
+    qtbot.waitUntil(lambda: page.state == "starting", timeout=STEP_MS)
+    # While booting, the summary names the stage in progress.
+    qtbot.waitUntil(lambda: timeline.running() is not None or timeline.failed() is not None,
+                    timeout=STEP_MS)
+    assert timeline.failed() is None
+    qtbot.waitUntil(
+        lambda: timeline.state_of("socket") == "done" or timeline.failed() is not None,
+        timeout=BOOT_MS,
+    )
+    assert timeline.failed() is None, page.overview.failure.details_text()
+    qtbot.waitUntil(lambda: page.state == "running" and not page._busy, timeout=STEP_MS)
+    page.progress.disconnect(record)
+    # Stage by stage: each stage that ran was reported running before done, in order.
+    done = [s for s, st in seen if st == "done"]
+    assert done == [s for s in STAGE_KEYS if s in done]
+    assert done[-1] == "socket" and "kernel" in done and "engine" in done
+    for stage in ("kernel", "engine"):
+        assert seen.index((stage, "running")) < seen.index((stage, "done"))
+    assert all(timeline.item_texts(s)[2] for s in done)  # every done stage has a duration
+    assert timeline.summary.text().startswith("Ready: booted in")
+    assert "docker --context berth ps" in page.message.text()
+    qtbot.waitUntil(lambda: page.overview.usage.isVisible(), timeout=STEP_MS)
+    assert "DOCKER_HOST=unix://" in page.overview.usage.env_line.edit.text()
+    status = page.status or {}
+    if status.get("slow_mode"):
+        assert page.overview.slow_notice.isVisible()
+        assert str(status.get("accelerator_reason")) in page.overview.slow_notice.text()
+
+
+@pytest.mark.timeout(600)
+def test_console_shows_the_boot_and_runs_a_typed_command(page: MachinePage,
+                                                         qtbot: QtBot) -> None:
+    console = page.console
+    page.tabs.setCurrentWidget(console)
+    qtbot.waitUntil(lambda: console.connected, timeout=STEP_MS)
+    # berthd replays the console from boot: the kernel banner is there.
+    qtbot.waitUntil(lambda: "Linux version" in screen_text(console), timeout=STEP_MS)
+    console.terminal.send_text("\r")
+    console.terminal.send_text("uname -a; echo berth-console-$((6*7))\r")
+    # The shell's arithmetic proves the command ran (the echoed input says $((6*7))).
+    qtbot.waitUntil(lambda: "berth-console-42" in screen_text(console), timeout=STEP_MS)
+    assert "GNU/Linux" in screen_text(console) or "Linux" in screen_text(console)
+
+
+@pytest.mark.timeout(600)
+def test_shell_tab_runs_a_command_over_ssh(page: MachinePage, qtbot: QtBot) -> None:
+    tab = page.new_shell()
+    assert tab is not None
+    qtbot.waitUntil(lambda: tab.connected and "Connected" in tab.status.text(),
+                    timeout=STEP_MS)
+    tab.terminal.send_text("echo berth-shell-ok\r")
+    qtbot.waitUntil(
+        lambda: any(line.strip() == "berth-shell-ok"
+                    for line in screen_text(tab).splitlines()),
+        timeout=STEP_MS,
+    )
+    # A resize reaches the guest's pty.
+    tab.resize(700, 420)
+    tab.terminal.resize(640, 300)
+    qtbot.waitUntil(lambda: tab.terminal.size_in_cells() != (80, 24), timeout=10_000)
+    cols, rows = tab.terminal.size_in_cells()
+    tab.terminal.send_text("echo size-$(stty size | tr ' ' x)\r")
+    qtbot.waitUntil(lambda: f"size-{rows}x{cols}" in screen_text(tab), timeout=STEP_MS)
+    # A second shell is its own tab on the same transport.
+    second = page.new_shell()
+    assert second is not None and len(page.shell_tabs()) == 2
+    qtbot.waitUntil(lambda: second.connected, timeout=STEP_MS)
+
+
+@pytest.mark.timeout(300)
+def test_resources_are_charted_while_visible(page: MachinePage, qtbot: QtBot) -> None:
+    page.tabs.setCurrentWidget(page.overview)
+    assert page.polling
+    before = len(page.overview.mem_chart.samples())
+    qtbot.waitUntil(lambda: len(page.overview.mem_chart.samples()) >= before + 2,
+                    timeout=60_000)
+    rss = page.overview.mem_chart.latest()
+    assert rss is not None and rss[0] > 50 * 1024 * 1024
+    page.hide()
+    assert not page.polling
+    page.show()
+    assert page.polling
+
+
+@pytest.mark.timeout(300)
+def test_stop_from_the_page(page: MachinePage, qtbot: QtBot) -> None:
+    qtbot.waitUntil(lambda: page.stop_button.isEnabled(), timeout=STEP_MS)
+    page.stop_button.click()
+    qtbot.waitUntil(lambda: page.state == "stopped" and not page._busy, timeout=180_000)
+    assert "Stopped" in page.message.text()
+    qtbot.waitUntil(lambda: not page.console.busy, timeout=STEP_MS)
+    assert all(not tab.connected for tab in page.shell_tabs())
+    assert not page.polling
+    assert page.start_button.isEnabled()
+
+
+@pytest.mark.timeout(600)
+def test_boot_failure_with_a_corrupt_kernel(qapp: QApplication, qtbot: QtBot,
+                                            tmp_path: Path) -> None:
+    broken = tmp_path / "image"
+    shutil.copytree(IMAGE, broken)
+    (broken / "vmlinuz").write_bytes(os.urandom(1 << 20))
+    with private_home(BERTH_GUEST_IMAGE=str(broken)):
+        widget = MachinePage(None)
+        qtbot.addWidget(widget)
+        widget.resize(1100, 900)
+        widget.show()
+        qtbot.waitUntil(lambda: widget.exists is False, timeout=60_000)
+        widget.first_run.create_button.click()
+        failure = widget.overview.failure
+        # QEMU refuses the kernel at once; the qemu stage's own timeout (100 s under TCG)
+        # bounds the wait in any case.
+        qtbot.waitUntil(lambda: failure.isVisible(), timeout=STEP_MS)
+        assert failure.stage_key in ("qemu", "kernel")
+        assert widget.overview.timeline.state_of(failure.stage_key) == "failed"
+        assert failure.reason.text().startswith("Why: ")
+        assert len(failure.reason.text()) > len("Why: ") + 5
+        assert failure.hint.text().startswith("What to try: ")
+        qtbot.waitUntil(lambda: "reading the console" not in failure.tail.toPlainText(),
+                        timeout=30_000)
+        if failure.stage_key == "qemu":
+            qtbot.waitUntil(lambda: failure.qemu_output.isVisible(), timeout=30_000)
+            assert "kernel" in failure.qemu_output.text().lower()
+        qtbot.waitUntil(lambda: widget.start_button.isEnabled(), timeout=STEP_MS)
+        assert widget.state in ("stopped", "crashed")
+        widget.shutdown()
