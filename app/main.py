@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -145,7 +146,13 @@ def _screenshots(app: object, window: object, ctx: object, out: Path) -> int:
     first = window.current_page_key()
     for key in window.page_keys():
         page = window.show_page(key)
-        settle(2500 if key == first else 600)
+        settle(600)
+        ready = getattr(page, "screenshot_ready", None)
+        if callable(ready):
+            # Live figures (the Containers page's stats) take a few seconds to arrive.
+            deadline = time.monotonic() + 10
+            while not ready() and time.monotonic() < deadline:
+                settle(250)
         select_first = getattr(page, "select_first_row", None)
         if callable(select_first):
             select_first()  # so the details area shows something real

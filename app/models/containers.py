@@ -557,7 +557,7 @@ class StatsPool(QObject):
     samples = Signal(dict)  # {container id: StatsSample}
 
     MAX_STREAMS = 10  # docker-py's per-host connection pool size
-    FLUSH_MS = 500
+    FLUSH_MS = 1000  # the engine samples once a second; more often only repaints more
 
     def __init__(self, url: str, parent: QObject | None = None, max_streams: int = MAX_STREAMS):
         super().__init__(parent)

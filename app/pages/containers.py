@@ -186,6 +186,7 @@ class ContainerSummary(QScrollArea):
         form.setContentsMargins(0, 0, 0, 0)
         form.setHorizontalSpacing(16)
         form.setVerticalSpacing(4)
+        form.setLabelAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
         self.values: dict[str, QLabel] = {}
         for name in self.FIELDS:
             value = plain_label(selectable=True)
@@ -502,9 +503,18 @@ class ContainersPage(QWidget):
         self.table.scrollTo(proxy_index)
         return True
 
+    def screenshot_ready(self) -> bool:
+        """Whether every running container on screen shows its live figures yet."""
+        targets = self.stats_targets()[: StatsPool.MAX_STREAMS]
+        return all(self.model.stats(cid) is not None for cid in targets)
+
     def select_first_row(self) -> None:
-        if self.proxy.rowCount() and not self.selected_containers():
-            self.table.selectRow(0)
+        """Select something to show (the first running container, else the first row)."""
+        if not self.proxy.rowCount() or self.selected_containers():
+            return
+        rows = range(self.proxy.rowCount())
+        running = [r for r in rows if (c := self.proxy.container_at(r)) is not None and c.running]
+        self.table.selectRow(running[0] if running else 0)
 
     def _selection_changed(self) -> None:
         self._update_actions()
