@@ -412,3 +412,30 @@ def test_guest_reboot_is_reported_as_a_crash(machine: Machine) -> None:
     assert crashed.wait(20)
     assert "rebooted or its kernel panicked" in details[0]
     assert machine.start().state is MachineState.RUNNING
+
+
+@pytest.mark.timeout(1200)
+def test_real_guest_image_boots_to_ready_and_powers_off(
+    guest_image: Path, tmp_path: Path, probe_cache: Path
+) -> None:
+    """The machine layer with the real image (guest_image comes from tests/vm/conftest.py).
+
+    Only up to ``ready``: SSH and the engine socket are checked by the e2e tests.
+    """
+    host = detect_host()
+    m = Machine("real", image=GuestImage.from_dir(guest_image), home=tmp_path / "home",
+                host=host, probe=AcceleratorProbe(host, probe_cache))
+    m.create(MachineSpec(name="real", cpus=min(2, host.cpus), memory_mib=2048, disk_gib=8))
+    try:
+        started = time.monotonic()
+        status = m.start(until=Stage.READY)
+        print(f"\nreal guest: ready in {time.monotonic() - started:.1f} s "
+              f"({status.accel_reason})")
+        assert status.timeline is not None
+        for stage in (Stage.KERNEL, Stage.INIT, Stage.NETWORK, Stage.DATADISK, Stage.SSHD,
+                      Stage.ENGINE, Stage.READY):
+            assert status.timeline.record(stage).state is StageState.DONE, stage
+        assert m.stop() is StopOutcome.POWERED_OFF  # the guest's acpid handles the button
+    finally:
+        m.kill()
+        m.close()
