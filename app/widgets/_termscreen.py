@@ -8,9 +8,10 @@ full-screen program relies on, so this module fills them in:
   the editor's scrolling would pollute the scrollback;
 * replies to device status / attribute queries go to a callback, so they reach
   the remote side like a real terminal's answers do;
-* scrollback is read straight from ``history.top``; the live screen is never
-  paged (``prev_page``/``next_page`` are not used), so the per-event wrapper of
-  :class:`pyte.HistoryScreen` is bypassed for speed;
+* scrollback is kept in a deque of compact frozen lines and drawn from there;
+  the live screen is never paged (``prev_page``/``next_page`` are not used),
+  so the per-event wrapper of :class:`pyte.HistoryScreen` is bypassed for
+  speed;
 * shrinking the screen pushes the lines above the cursor into the scrollback
   instead of silently dropping them, as xterm does.
 
@@ -19,9 +20,10 @@ No Qt here: the screen is plain data, testable on its own.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
-from typing import Any
+from itertools import repeat
+from typing import Any, Protocol
 
 import pyte
 from pyte import modes as mo
@@ -36,6 +38,57 @@ APP_CURSOR_KEYS = 1 << 5
 BRACKETED_PASTE = 2004 << 5
 
 Line = StaticDefaultDict[int, Char]
+
+
+class CellRow(Protocol):
+    """What the view reads from a row: a live screen line or a scrollback line."""
+
+    def __getitem__(self, x: int, /) -> Char: ...
+
+    def __len__(self) -> int: ...
+
+
+_BLANK = Char(" ", "default", "default")
+
+
+class FrozenLine:
+    """A scrollback line, stored as a plain tuple of cells.
+
+    pyte keeps a line as a dict subclass, which CPython's cyclic GC tracks
+    forever: 10,000 of them made each full collection cost ~30 ms on the GUI
+    thread. Plain tuples of (shared, immutable) cells are untracked after
+    their first collection. Trailing blanks are not stored.
+    """
+
+    __slots__ = ("cells",)
+
+    def __init__(self, cells: tuple[Char, ...]) -> None:
+        self.cells = cells
+
+    def __getitem__(self, x: int, /) -> Char:
+        cells = self.cells
+        return cells[x] if x < len(cells) else _BLANK
+
+    def __len__(self) -> int:
+        return len(self.cells)
+
+
+def freeze(line: Line, columns: int) -> tuple[Char, ...]:
+    """The cells of ``line`` up to its last non-blank one.
+
+    On the hot path of a scrolling flood (once per line), hence the C-level
+    ``map`` over only the columns ever written.
+    """
+    if not line:
+        return ()
+    width = min(columns, max(line) + 1)
+    cells = list(map(line.get, range(width), repeat(line.default, width)))
+    end = width
+    while end and cells[end - 1] == _BLANK:
+        end -= 1
+    return tuple(cells[:end])
+
+
 #: A charset table that maps nothing (see TermScreen.draw).
 _IDENTITY = "".join(map(chr, range(256)))
 
@@ -56,12 +109,13 @@ class TermScreen(pyte.HistoryScreen):
         #: Lines ever pushed into the scrollback; never decreases (except on
         #: clear), so it gives lines a stable absolute number for selections.
         self.pushed = 0
+        self._scrollback: deque[tuple[Char, ...]] = deque(maxlen=history)
         self._cells: dict[Char, dict[str, Char]] = {}
         super().__init__(columns, lines, history=history)
 
     # HistoryScreen wraps every event with before/after hooks that page the
     # screen back to the bottom, through a Python-level __getattribute__.
-    # Scrollback is rendered from history.top without paging, so those hooks
+    # Scrollback is rendered from our own deque without paging, so those hooks
     # are pure overhead; assigning object's slot wrapper lets CPython use its
     # C attribute lookup again (a Python override slows every access ~10x).
     __getattribute__ = object.__getattribute__
@@ -121,9 +175,9 @@ class TermScreen(pyte.HistoryScreen):
         return self._main_buffer is not None
 
     @property
-    def scrollback(self) -> Any:
-        """The scrollback lines, oldest first (a bounded deque)."""
-        return self.history.top
+    def scrollback(self) -> deque[tuple[Char, ...]]:
+        """The scrollback lines, oldest first, as tuples of cells (a bounded deque)."""
+        return self._scrollback
 
     def _new_buffer(self) -> dict[int, Line]:
         return defaultdict(lambda: StaticDefaultDict[int, Char](self.default_char))
@@ -166,7 +220,7 @@ class TermScreen(pyte.HistoryScreen):
         # (also from a region with a status line below it), lines leaving a
         # region that starts lower down do not, nor does the alternate screen.
         if self.cursor.y == bottom and top == 0 and self._main_buffer is None:
-            self.history.top.append(self.buffer[top])
+            self._scrollback.append(freeze(self.buffer[top], self.columns))
             self.pushed += 1
         pyte.Screen.index(self)
 
@@ -183,7 +237,7 @@ class TermScreen(pyte.HistoryScreen):
             drop = max(0, self.cursor.y + 1 - lines)
             if self._main_buffer is None:
                 for y in range(drop):
-                    self.history.top.append(self.buffer[y])
+                    self._scrollback.append(freeze(self.buffer[y], self.columns))
                     self.pushed += 1
             if drop:
                 for y in range(self.lines - drop):
@@ -205,12 +259,11 @@ class TermScreen(pyte.HistoryScreen):
     def erase_in_display(self, how: int = 0, *args: Any, **kwargs: Any) -> None:
         pyte.Screen.erase_in_display(self, how, *args, **kwargs)
         if how == 3:  # "clear scrollback" (xterm's ED 3, used by `clear`).
-            self.history.top.clear()
+            self._scrollback.clear()
 
     def clear_all(self) -> None:
         """Empty the scrollback and the screen, keeping modes (the app lives on)."""
-        self.history.top.clear()
-        self.history.bottom.clear()
+        self._scrollback.clear()
         self.pushed = 0
         pyte.Screen.erase_in_display(self, 2)
         self.cursor_position()
@@ -223,6 +276,8 @@ class TermScreen(pyte.HistoryScreen):
             self._main_buffer = None
             self._main_cursor = None
         super().reset()
+        # pyte's HistoryScreen empties its history on a full reset; so do we.
+        self._scrollback.clear()
 
     def write_process_input(self, data: str) -> None:
         if self._reply is not None:

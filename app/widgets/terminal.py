@@ -59,7 +59,7 @@ from PySide6.QtWidgets import (
 )
 from pyte.screens import Char
 
-from app.widgets._termscreen import Line, TermScreen
+from app.widgets._termscreen import CellRow, FrozenLine, TermScreen
 
 __all__ = ["TerminalWidget", "key_to_bytes"]
 
@@ -758,11 +758,10 @@ class TerminalWidget(QWidget):
     def _line_count(self) -> int:
         return len(self._screen.scrollback) + self._screen.lines
 
-    def _line(self, index: int) -> Line:
+    def _line(self, index: int) -> CellRow:
         history = self._screen.scrollback
         if index < len(history):
-            line: Line = history[index]
-            return line
+            return FrozenLine(history[index])
         return self._screen.buffer[index - len(history)]
 
     def _line_cells(self, index: int) -> list[str]:
@@ -829,7 +828,7 @@ class TerminalWidget(QWidget):
             self._paint_cursor(painter)
         painter.end()
 
-    def _paint_line(self, painter: QPainter, line: Line, y: float, cols: int) -> None:
+    def _paint_line(self, painter: QPainter, line: CellRow, y: float, cols: int) -> None:
         if not line:
             return  # never written: the background fill is all it needs
         cw, ch = self._cell_w, self._cell_h
@@ -846,7 +845,7 @@ class TerminalWidget(QWidget):
     def _paint_run(
         self,
         painter: QPainter,
-        line: Line,
+        line: CellRow,
         start: int,
         end: int,
         y: float,
