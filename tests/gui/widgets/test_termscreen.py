@@ -94,3 +94,14 @@ def test_shrink_pushes_lines_above_cursor() -> None:
     assert screen.cursor.y == 2
     screen.resize(6, 20)
     assert screen.display[2].rstrip() == "r5"
+
+
+def test_scrollback_lines_are_compact_and_faithful() -> None:
+    screen = TermScreen(20, 2, history=100)
+    stream = pyte.ByteStream(screen)
+    stream.feed("ab\x1b[41m  \x1b[0m日\r\nx\r\ny".encode())
+    first = screen.scrollback[0]
+    assert type(first) is tuple  # plain tuples: untracked by the cyclic GC
+    assert [c.data for c in first] == ["a", "b", " ", " ", "日", ""]
+    assert first[2].bg == "red"  # coloured blanks are content, kept
+    assert len(screen.scrollback[0]) == 6  # trailing default blanks not stored
