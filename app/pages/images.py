@@ -63,6 +63,16 @@ if TYPE_CHECKING:
     from vm_backend.engine.client import EngineClient
 
 
+def soon(timer: QTimer) -> None:
+    """Start a single-shot timer unless it is already counting down.
+
+    Throttle, not debounce: restarting on every change would starve the timer while an
+    engine keeps changing (a busy host sends diffs every batch).
+    """
+    if not timer.isActive():
+        timer.start()
+
+
 MAX_NAMES = 12  # a confirmation names at most this many containers, then "and N more"
 
 
@@ -131,7 +141,7 @@ class ObjectPage(QWidget):
         self._fit_timer.setSingleShot(True)
         self._fit_timer.setInterval(200)
         self._fit_timer.timeout.connect(self._fit_columns)
-        model.dataChanged.connect(lambda *_: self._fit_timer.start())
+        model.dataChanged.connect(lambda *_: soon(self._fit_timer))
         self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.view.customContextMenuRequested.connect(self._context_menu)
         layout.addWidget(self.view, 1)
@@ -269,7 +279,7 @@ class ObjectPage(QWidget):
         shown, total = self.proxy.rowCount(), self.model.rowCount()
         text = f"{shown} of {total}" if shown != total else f"{total}"
         self.count_label.setText(f"{text} {self.noun}")
-        self._fit_timer.start()
+        soon(self._fit_timer)
 
     def _context_menu(self, pos: Any) -> None:
         if not self.view.indexAt(pos).isValid():

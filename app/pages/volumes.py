@@ -27,11 +27,16 @@ from app.dialogs.image_ops import TaskRow, show_error
 from app.dialogs.volume_ops import CreateVolumeDialog, VolumeBrowser
 from app.models.images import human_size
 from app.models.volumes import VolumeTableModel
-from app.pages.images import MAX_NAMES, ObjectPage, prune_text
+from app.pages.images import MAX_NAMES, ObjectPage, prune_text, soon
 from app.pages.registry import register_page
 from vm_backend.engine.models import Container, DiskUsage, Volume
 from vm_backend.engine.monitor import Diff
-from vm_backend.engine.volume_helper import export_volume, import_volume, remove_stale_helpers
+from vm_backend.engine.volume_helper import (
+    HELPER_LABEL,
+    export_volume,
+    import_volume,
+    remove_stale_helpers,
+)
 
 if TYPE_CHECKING:
     from app.context import AppContext
@@ -42,10 +47,16 @@ USAGE_DEBOUNCE_MS = 400
 
 
 def volume_users(client: EngineClient, names: list[str]) -> dict[str, list[str]]:
-    """Container names using each volume (blocking; run on a worker)."""
+    """Container names using each volume (blocking; run on a worker).
+
+    Volume helpers (ours or another Berth's, mid-transfer) are not users.
+    """
     users: dict[str, list[str]] = {}
     for name in names:
-        users[name] = [c.name for c in client.containers(all=True, filters={"volume": name})]
+        users[name] = [
+            c.name for c in client.containers(all=True, filters={"volume": name})
+            if HELPER_LABEL not in c.labels
+        ]
     return users
 
 
@@ -99,11 +110,11 @@ class VolumesPage(ObjectPage):
     def apply_diff(self, diff: Diff[Any]) -> None:
         super().apply_diff(diff)
         if diff.added or diff.removed:
-            self._usage_timer.start()
+            soon(self._usage_timer)
 
     def containers_changed(self, containers: list[Container]) -> None:
         if self.session is not None:
-            self._usage_timer.start()
+            soon(self._usage_timer)
 
     def refresh_users(self) -> None:
         """Ask the engine which containers use each volume (one worker run at a time)."""
@@ -120,7 +131,7 @@ class VolumesPage(ObjectPage):
             self._usage_running = False
             if self._usage_again:
                 self._usage_again = False
-                self._usage_timer.start()
+                soon(self._usage_timer)
 
         # A failure here only leaves the column as it was; the next change retries.
         Op(volume_users, client, names).success(self.volumes.set_users).failure(

@@ -9,6 +9,11 @@ its volumes for the copy, so the helper runs no process, needs no network
 label ``berth.helper=1`` and is removed on every exit path (``VolumeHelper.__exit__``),
 including errors and cancellation.
 
+The archive API has no depth limit, so listing a folder streams its whole subtree and
+keeps only the direct children: instant for typical volumes, slow for a folder holding
+gigabytes. (Running ``find -maxdepth 1`` in a started helper would avoid that, at the
+price of needing a shell in the image and a running container.)
+
 Everything here blocks: call it from a worker thread. Long transfers take a
 ``cancelled()`` callable polled between chunks and a ``progress(done_bytes)`` callable;
 files written on the host appear atomically (``.partial`` + rename) or not at all.
