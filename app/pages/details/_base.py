@@ -19,6 +19,7 @@ from typing import Protocol
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QLabel, QWidget
 
+from app.bridge import call_in_gui
 from vm_backend.engine.client import EngineClient
 
 
@@ -37,6 +38,10 @@ class DetailsTab(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        # The bridge creates its relay object on first use, in the calling thread; our
+        # reader threads call call_in_gui, so make sure the first use is here, on the GUI
+        # thread (a relay born in a worker thread would never deliver).
+        call_in_gui(_nothing)
         self._client: EngineClient | None = None
         self._container_id = ""
         self._generation = 0
@@ -76,6 +81,10 @@ class DetailsTab(QWidget):
 
     def stop(self) -> None:
         """Stop every stream, timer and reader thread this tab started."""
+
+
+def _nothing() -> None:
+    """A no-op for call_in_gui."""
 
 
 def plain_label(text: str = "", parent: QWidget | None = None) -> QLabel:

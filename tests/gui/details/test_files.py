@@ -52,6 +52,12 @@ def test_browse_bin(
     bin_row = next(e for e in tab.entries if e.name == "bin")
     assert bin_row.is_dir and bin_row.mode.startswith("d")
 
+    # Double-click a folder to open it.
+    row = next(r for r in range(tab.model.rowCount()) if tab.model.item(r, 0).text() == "bin/")
+    tab.view.doubleClicked.emit(tab.model.index(row, 0))
+    qtbot.waitUntil(lambda: tab.path == "/bin" and "sh" in names(tab), timeout=20_000)
+    tab.go_up()
+    qtbot.waitUntil(lambda: tab.path == "/", timeout=20_000)
     tab.navigate("bin")  # relative to the folder shown
     qtbot.waitUntil(lambda: tab.path == "/bin" and "sh" in names(tab), timeout=20_000)
     assert tab.path_edit.text() == "/bin"
