@@ -274,6 +274,7 @@ class OverviewTab(QScrollArea):
         )
         for chart in (self.cpu_chart, self.mem_chart):
             chart.setMinimumHeight(150)
+            chart.setMaximumHeight(240)
         charts = QHBoxLayout()
         charts.addWidget(self.cpu_chart)
         charts.addWidget(self.mem_chart)
@@ -289,7 +290,8 @@ class OverviewTab(QScrollArea):
         layout.addWidget(self.failure)
         layout.addWidget(timeline_box)
         layout.addWidget(self.usage)
-        layout.addLayout(charts, 1)
+        layout.addLayout(charts)
+        layout.addStretch(1)
         self.setWidget(body)
 
     def set_value(self, key: str, text: str) -> None:
@@ -322,6 +324,7 @@ class MachinePage(QWidget):
         self.status: dict[str, Any] | None = None
         self.exists: bool | None = None  # unknown until the first answer
         self._booting = False
+        self._cancelling = False  # Stop was pressed during a boot the page started
         self._busy = ""  # the action in flight, for the buttons and the status line
         self._refreshing = False
         self._refresh_again = False
@@ -472,8 +475,11 @@ class MachinePage(QWidget):
         state = str(doc.get("state") or "stopped")
         ov = self.overview
         self.state_label.setText(self.tr(_STATE_WORDS.get(state, state)))
+        detail = str(doc.get("detail") or "")
+        if detail == doc.get("accelerator_reason"):
+            detail = ""  # the accelerator's reason is in the slow-mode notice already
         ov.set_value("state", self.tr(_STATE_WORDS.get(state, state))
-                     + (f" — {doc['detail']}" if doc.get("detail") else ""))
+                     + (f" — {detail}" if detail else ""))
         accel = str(doc.get("accelerator") or "")
         ov.set_value("accelerator", accel.upper() if accel else self.tr("chosen at start"))
         spec = doc.get("spec") or {}
@@ -503,7 +509,7 @@ class MachinePage(QWidget):
         if timeline:
             ov.timeline.set_stages(timeline)
         resources = doc.get("resources") or {}
-        if sample and state in ("running", "paused"):
+        if sample and state in UP_STATES:  # QEMU's cost while booting is worth seeing too
             cpu = resources.get("qemu_cpu_percent")
             rss = resources.get("qemu_rss_bytes")
             if isinstance(cpu, int | float):
@@ -656,6 +662,7 @@ class MachinePage(QWidget):
 
     def _started(self, doc: Any) -> None:
         self._booting = False
+        self._cancelling = False
         self._busy = ""
         if isinstance(doc, dict):
             self._render(doc)
@@ -672,6 +679,14 @@ class MachinePage(QWidget):
 
     def _start_failed(self, err: BaseException) -> None:
         self._booting = False
+        if self._cancelling:
+            # The user stopped the boot: not a failure to explain. A status read while the
+            # boot was in flight showed "starting"; read it again now that it is over.
+            self._cancelling = False
+            self._say(self.tr("Boot cancelled."))
+            self._update_buttons()
+            self.refresh()
+            return
         self._busy = ""
         timeline = self.overview.timeline
         failed = timeline.failed()
@@ -708,6 +723,7 @@ class MachinePage(QWidget):
 
     # ---- stop / restart / pause ------------------------------------------------------------
     def stop_vm(self) -> None:
+        self._cancelling = self._booting
         self._begin("stopping", self.tr("Stopping the VM…"))
         self.console.detach(self.tr("Disconnected: the VM is stopping."))
         self._drop_ssh()

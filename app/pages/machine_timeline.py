@@ -70,6 +70,7 @@ class StageRow:
     started_at: float | None = None
     ended_at: float | None = None
     detail: str = ""
+    guest_uptime: float | None = None
 
     @property
     def title(self) -> str:
@@ -98,6 +99,7 @@ def stage_row(doc: dict[str, Any]) -> StageRow:
         started_at=num(doc.get("started_at")),
         ended_at=num(doc.get("ended_at")),
         detail=str(doc.get("detail") or ""),
+        guest_uptime=num(doc.get("guest_uptime")),
     )
 
 
@@ -193,7 +195,7 @@ class TimelineView(QWidget):
             item = self._items[key]
             item.setText(1, self.tr(_STATE_TEXT.get(row.state, row.state)))
             item.setText(2, format_duration(row.duration(now)))
-            item.setText(3, row.detail)
+            item.setText(3, self._detail(row))
             item.setToolTip(3, "")  # details are plain text; no rich-text tooltip guesses
             color = _STATE_COLOR.get(row.state)
             brush = QBrush(QColor(color)) if color else QBrush()
@@ -204,6 +206,12 @@ class TimelineView(QWidget):
                 self._ticker.start()
         else:
             self._ticker.stop()
+
+    def _detail(self, row: StageRow) -> str:
+        if row.detail or row.guest_uptime is None:
+            return row.detail
+        # The guest's own clock when it reported the stage: where boot time goes inside.
+        return self.tr("reported at {0} guest uptime").format(format_duration(row.guest_uptime))
 
     def _summary(self, now: float) -> str:
         rows = list(self.rows.values())

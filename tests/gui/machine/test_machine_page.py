@@ -332,3 +332,24 @@ def test_helpers() -> None:
     assert StageRow("init", "running", started_at=100.0).duration(now=103.0) == 3.0
     small = default_spec("default", HostLimits(cpus=1, memory_mib=1024))
     assert small["cpus"] == 1 and small["memory_mib"] == 512
+
+
+def test_stop_during_boot_cancels_without_a_failure_panel(qtbot: QtBot,
+                                                         fake_daemon: FakeDaemon) -> None:
+    page = make_page(qtbot, fake_daemon)
+    gate = threading.Event()
+    fake_daemon.boot_gate = gate
+    fake_daemon.boot = booting_records(2)
+    fake_daemon.boot_error = DaemonError(
+        "The VM did not finish booting: stage 'init' was cancelled.", "")
+    page.start_vm()
+    qtbot.waitUntil(lambda: page.overview.timeline.state_of("init") == "running", timeout=WAIT)
+    qtbot.waitUntil(lambda: page.stop_button.isEnabled(), timeout=WAIT)
+    page.stop_vm()
+    qtbot.waitUntil(lambda: "machine.stop" in fake_daemon.methods(), timeout=WAIT)
+    gate.set()
+    qtbot.waitUntil(lambda: page.message.text() == "Boot cancelled." or (
+        not page._busy and not page._booting), timeout=WAIT)
+    qtbot.waitUntil(lambda: not page._busy and not page._booting, timeout=WAIT)
+    assert page.overview.failure.isHidden()
+    assert page.start_button.isEnabled()
