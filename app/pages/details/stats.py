@@ -142,6 +142,9 @@ class StatsTab(DetailsTab):
         self.process_view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.process_view.verticalHeader().setVisible(False)
         self.process_view.setWordWrap(False)  # one process per line, long commands elided
+        self.process_view.verticalHeader().setDefaultSectionSize(
+            self.fontMetrics().height() + 6
+        )
         self.process_view.horizontalHeader().setSectionResizeMode(
             QHeaderView.ResizeMode.ResizeToContents
         )

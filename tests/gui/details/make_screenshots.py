@@ -21,7 +21,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import docker.errors
-from PySide6.QtTest import QTest
+from PySide6.QtCore import QEventLoop, QTimer
 from PySide6.QtWidgets import QApplication
 
 from app.pages.details import ContainerDetails
@@ -38,10 +38,18 @@ CLIENT_SCRIPT = (
 )
 
 
-def wait(condition: Callable[[], bool], seconds: float = 20.0) -> None:
+def pause(ms: int) -> None:
+    """Run the event loop for ``ms``. (PySide6's QTest.qWait keeps the GIL, which starves
+    the reader threads; QEventLoop.exec releases it.)"""
+    loop = QEventLoop()
+    QTimer.singleShot(ms, loop.quit)
+    loop.exec()
+
+
+def wait(condition: Callable[[], bool], seconds: float = 60.0) -> None:
     end = time.monotonic() + seconds
     while not condition() and time.monotonic() < end:
-        QTest.qWait(50)
+        pause(50)
     if not condition():
         raise TimeoutError("the tab did not get there in time")
 
@@ -96,7 +104,7 @@ def main() -> int:
         details.show_container(SimpleNamespace(client=client), cid)
 
         def shot(name: str) -> None:
-            QTest.qWait(300)
+            pause(300)
             path = OUT / f"details-{name}.png"
             details.grab().save(str(path))
             print("wrote", path)
@@ -108,7 +116,7 @@ def main() -> int:
 
         terminal = details.show_tab("Terminal")
         wait(lambda: terminal.connected)
-        QTest.qWait(300)
+        pause(300)
         terminal.terminal.send_text("id; uname -sr; ls -l /bin | head -n 8; df -h / | tail -n 1\r")
         wait(lambda: "overlay" in terminal.terminal.text())
         shot("terminal")
@@ -134,7 +142,7 @@ def main() -> int:
         shot("isolation")
         details.close()
         details.deleteLater()
-        QTest.qWait(300)  # let the closed streams' threads finish, the widget go
+        pause(300)  # let the closed streams' threads finish, the widget go
     finally:
         for ident in created:
             try:
