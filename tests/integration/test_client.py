@@ -21,7 +21,11 @@ from vm_backend.engine.client import EngineClient
 from vm_backend.engine.errors import EngineError, NotFound
 from vm_backend.engine.models import ContainerState, EngineKind
 
-pytestmark = pytest.mark.engine
+pytestmark = [
+    pytest.mark.engine,
+    # A stream reader thread dying of an exception is a failure, not a warning.
+    pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning"),
+]
 
 
 def state(client: EngineClient, cid: str) -> ContainerState:

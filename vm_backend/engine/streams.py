@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 import requests
+import urllib3.exceptions
 
 from vm_backend.engine.models import LogEntry
 
@@ -56,7 +57,13 @@ class Stream(Generic[T]):
                 if self._closed.is_set():
                     return
                 yield item
-        except (OSError, ValueError, AttributeError, requests.exceptions.RequestException):
+        except (
+            OSError,
+            ValueError,
+            AttributeError,
+            requests.exceptions.RequestException,
+            urllib3.exceptions.HTTPError,  # raw reads (logs) see ProtocolError unwrapped
+        ):
             # Reading from a socket that close() shut down, or a dropped connection: the
             # stream simply ends. Callers that care (the event monitor) reconnect.
             if not self._closed.is_set():
