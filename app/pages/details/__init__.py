@@ -35,6 +35,11 @@ from vm_backend.engine.models import Container
 __all__ = ["ContainerDetails", "HasClient"]
 
 
+def _release(tabs: tuple[DetailsTab, ...]) -> None:
+    for tab in tabs:
+        tab.release()
+
+
 class ContainerDetails(QWidget):
     """The details tab set for one container."""
 
@@ -77,6 +82,11 @@ class ContainerDetails(QWidget):
         layout.addWidget(self.header)
         layout.addWidget(self.tabs, 1)
         self.tabs.currentChanged.connect(self._tab_changed)
+        # Deleted while shown (deleteLater without hiding first), a widget gets no hide
+        # event: stop the reader threads when it is destroyed. The handler holds the tabs'
+        # Python objects, not this widget, and release() touches no Qt object.
+        tabs = self.all_tabs()
+        self.destroyed.connect(lambda *_args: _release(tabs))
 
         if session is not None and container_id:
             self.show_container(session, container_id)

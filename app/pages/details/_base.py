@@ -82,6 +82,10 @@ class DetailsTab(QWidget):
     def stop(self) -> None:
         """Stop every stream, timer and reader thread this tab started."""
 
+    def release(self) -> None:
+        """Stop reader threads and sockets only, touching no Qt object: called when the
+        widget is being destroyed (deleted while shown, it never got a hide event)."""
+
 
 def _nothing() -> None:
     """A no-op for call_in_gui."""

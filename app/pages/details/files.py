@@ -396,6 +396,11 @@ class FilesTab(DetailsTab):
             self._listing.set()
             self._listing = None
 
+    def release(self) -> None:
+        for event in (self._cancel, self._listing):
+            if event is not None:
+                event.set()
+
     @property
     def busy(self) -> bool:
         return self._cancel is not None

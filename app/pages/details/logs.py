@@ -227,6 +227,10 @@ class LogsTab(DetailsTab):
             self.status.setText(self.tr("Paused"))
         self._drain_timer.stop()
 
+    def release(self) -> None:
+        if self._reader is not None:
+            self._reader.stop()
+
     def restart(self) -> None:
         """Drop the lines shown and reconnect with the current since/tail settings."""
         self._settle.stop()

@@ -207,6 +207,10 @@ class StatsTab(DetailsTab):
         self._top_timer.stop()
         self._previous = None
 
+    def release(self) -> None:
+        if self._reader is not None:
+            self._reader.stop()
+
     @property
     def running(self) -> bool:
         return self._reader is not None

@@ -243,6 +243,10 @@ class TerminalTab(DetailsTab):
         self._connecting = False
         self._update_buttons()
 
+    def release(self) -> None:
+        if self._pump is not None:
+            self._pump.close()
+
     @property
     def connected(self) -> bool:
         return self._pump is not None

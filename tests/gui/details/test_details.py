@@ -137,3 +137,32 @@ def test_follows_the_container_through_a_restart(
     finally:
         details.clear()
         session.stop()
+
+
+def test_deleting_a_shown_widget_stops_its_threads(
+    qtbot: Any, docker_client: EngineClient, new_docker_container: Any
+) -> None:
+    """A page may deleteLater() the details without hiding them first."""
+    from PySide6.QtWidgets import QVBoxLayout, QWidget
+
+    cid = new_docker_container(["sh", "-c", "echo x; sleep 600"])
+    host = QWidget()
+    qtbot.addWidget(host)
+    layout = QVBoxLayout(host)
+    details = ContainerDetails()
+    layout.addWidget(details)
+    host.show()
+    details.show_container(session_for(docker_client), cid)
+    terminal = details.show_tab("Terminal")
+    qtbot.waitUntil(lambda: terminal.connected, timeout=15_000)
+    reader, pump = details.logs.reader, terminal.pump
+    assert reader is not None and pump is not None
+
+    layout.removeWidget(details)
+    gone: list[bool] = []
+    details.destroyed.connect(lambda *_a: gone.append(True))
+    details.deleteLater()
+    qtbot.waitUntil(lambda: bool(gone), timeout=5_000)
+    assert reader.stopped
+    assert pump.closed
+    qtbot.waitUntil(reader.finished.is_set, timeout=5_000)
