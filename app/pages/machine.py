@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import platform
 import re
+import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -47,10 +48,13 @@ from app.pages.machine_settings import HostLimits, SettingsPanel
 from app.pages.machine_terminal import ChannelLike, ConsoleTab, ShellTab
 from app.pages.machine_timeline import STAGE_KEYS, FailurePanel, TimelineView
 from app.pages.registry import register_page
+from vm_backend.daemon.client import DaemonClient, DaemonError
 from vm_backend.daemon.reset import reset_machine
+from vm_backend.daemon.server import socket_path
 from vm_backend.errors import BerthError
 from vm_backend.machine.keys import ensure_machine_keys
 from vm_backend.machine.paths import MachinePaths
+from vm_backend.machine.spec import load_spec, spec_to_json
 from vm_backend.machine.ssh import GuestSSH
 from vm_backend.paths import berth_home
 
@@ -68,7 +72,7 @@ CONSOLE_TAIL_LINES = 30
 QEMU_TAIL_LINES = 8
 DEFAULT_DISK_GIB = 32
 
-ClientFactory = Callable[[], Any]
+ClientFactory = Callable[..., Any]  # (autostart: bool = True) -> a berthd client
 
 _STATE_WORDS = {
     "stopped": "Stopped",
@@ -81,11 +85,43 @@ _STATE_WORDS = {
 _STAGE_IN_MESSAGE = re.compile(r"stage '([a-z]+)'")
 
 
-def default_client() -> Any:
-    """A berthd client, starting berthd if needed (blocking: call it on a worker)."""
-    from vm_backend.daemon.client import DaemonClient
+def default_client(autostart: bool = True) -> Any:
+    """A berthd client (blocking: call it on a worker).
 
-    return DaemonClient()
+    Actions start berthd when it is not running; status reads do not (``autostart=False``):
+    merely looking at the page must not spawn a daemon.
+    """
+    return DaemonClient(autostart=autostart)
+
+
+def daemon_answers() -> bool:
+    """Whether berthd listens on its socket (a cheap connect, no request)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(2.0)
+        try:
+            sock.connect(str(socket_path()))
+        except OSError:
+            return False
+    return True
+
+
+def offline_status(name: str) -> dict[str, Any] | None:
+    """The machine as its files describe it while berthd is not running (None: no machine).
+
+    Without berthd nothing runs the VM's data plane; if QEMU outlived a crashed berthd,
+    the next action starts berthd, which reattaches to it.
+    """
+    spec_file = MachinePaths.for_machine(name).spec_file
+    if not spec_file.exists():
+        return None
+    return {
+        "name": name,
+        "state": "stopped",
+        "detail": "berthd is not running; it starts with the VM",
+        "spec": spec_to_json(load_spec(spec_file)),
+        "timeline": [],
+        "resources": {},
+    }
 
 
 def host_arch() -> str:
@@ -275,9 +311,12 @@ class OverviewTab(QScrollArea):
         for chart in (self.cpu_chart, self.mem_chart):
             chart.setMinimumHeight(150)
             chart.setMaximumHeight(240)
-        charts = QHBoxLayout()
+        self.charts = QWidget(body)
+        charts = QHBoxLayout(self.charts)
+        charts.setContentsMargins(0, 0, 0, 0)
         charts.addWidget(self.cpu_chart)
         charts.addWidget(self.mem_chart)
+        self.charts.hide()
 
         self.timeline = TimelineView(body)
         timeline_box = QGroupBox(self.tr("Boot timeline"), body)
@@ -290,7 +329,7 @@ class OverviewTab(QScrollArea):
         layout.addWidget(self.failure)
         layout.addWidget(timeline_box)
         layout.addWidget(self.usage)
-        layout.addLayout(charts)
+        layout.addWidget(self.charts)
         layout.addStretch(1)
         self.setWidget(body)
 
@@ -436,7 +475,12 @@ class MachinePage(QWidget):
         name = self.name
 
         def fetch() -> dict[str, Any] | None:
-            docs = self._client_factory().call("machine.list", {})
+            try:
+                docs = self._client_factory(autostart=False).call("machine.list", {})
+            except DaemonError:
+                if daemon_answers():
+                    raise
+                return offline_status(name)
             for doc in docs or []:
                 if isinstance(doc, dict) and doc.get("name") == name:
                     return doc
@@ -476,8 +520,9 @@ class MachinePage(QWidget):
         ov = self.overview
         self.state_label.setText(self.tr(_STATE_WORDS.get(state, state)))
         detail = str(doc.get("detail") or "")
-        if detail == doc.get("accelerator_reason"):
-            detail = ""  # the accelerator's reason is in the slow-mode notice already
+        if detail == doc.get("accelerator_reason") or not ov.failure.isHidden():
+            # Said already: in the slow-mode notice, or in the failure panel.
+            detail = ""
         ov.set_value("state", self.tr(_STATE_WORDS.get(state, state))
                      + (f" — {detail}" if detail else ""))
         accel = str(doc.get("accelerator") or "")
@@ -516,6 +561,9 @@ class MachinePage(QWidget):
                 ov.cpu_chart.add_sample([float(cpu)])
             if isinstance(rss, int | float):
                 ov.mem_chart.add_sample([float(rss)])
+        # Charts appear once there is something to plot; a stopped VM keeps its history.
+        has_samples = bool(ov.cpu_chart.samples() or ov.mem_chart.samples())
+        ov.charts.setVisible(state in UP_STATES or has_samples)
         docker_host = str(doc.get("docker_host") or "")
         if state == "running" and docker_host:
             ov.usage.set_docker_host(docker_host)

@@ -269,6 +269,7 @@ class FailurePanel(QFrame):
         self.tail.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
         self.tail.setMaximumBlockCount(200)
         self.tail.setMinimumHeight(120)
+        self.tail.setMaximumHeight(320)
         fixed = self.tail.font()
         fixed.setStyleHint(fixed.StyleHint.Monospace)
         fixed.setFamily("monospace")

@@ -89,7 +89,7 @@ class FakeDaemon:
         self.console_peers: list[socket.socket] = []
         self._lock = threading.Lock()
 
-    def client(self) -> FakeClient:
+    def client(self, autostart: bool = True) -> FakeClient:
         return FakeClient(self)
 
     def methods(self) -> list[str]:

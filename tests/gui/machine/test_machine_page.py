@@ -314,7 +314,8 @@ def test_shares_add_remove_saved_with_machine_set(qtbot: QtBot, fake_daemon: Fak
     setp = next(p for m, p in fake_daemon.calls if m == "machine.set")
     assert setp["shares"] == [{"host_path": str(folder), "tag": "my-project",
                                "read_only": True}]
-    qtbot.waitUntil(lambda: panel.shares.table.rowCount() == 1, timeout=WAIT)
+    qtbot.waitUntil(lambda: bool(panel.spec.get("shares")), timeout=WAIT)
+    assert panel.shares.table.rowCount() == 1
     panel.shares.table.selectRow(0)
     panel.shares.remove_selected()
     assert panel.shares.table.rowCount() == 0
@@ -353,3 +354,28 @@ def test_stop_during_boot_cancels_without_a_failure_panel(qtbot: QtBot,
     qtbot.waitUntil(lambda: not page._busy and not page._booting, timeout=WAIT)
     assert page.overview.failure.isHidden()
     assert page.start_button.isEnabled()
+
+
+def test_viewing_the_page_never_starts_berthd(qtbot: QtBot, berth_home: Any) -> None:
+    """With the real client and no berthd: the files say what exists; no daemon spawns."""
+    from app.pages.machine import default_client
+
+    page = MachinePage(None, client_factory=default_client, limits=LIMITS)
+    qtbot.addWidget(page)
+    page.show()
+    qtbot.waitUntil(lambda: page.exists is False, timeout=WAIT)
+    assert page.stack.currentWidget() is page.first_run
+    assert not (berth_home / "daemon" / "berthd.log").exists()
+
+    from vm_backend.machine.paths import MachinePaths
+    from vm_backend.machine.spec import MachineSpec, save_spec
+
+    paths = MachinePaths.for_machine("default", berth_home)
+    paths.state_dir.mkdir(parents=True)
+    save_spec(MachineSpec(cpus=1, memory_mib=1024, disk_gib=8), paths.spec_file)
+    page.refresh()
+    qtbot.waitUntil(lambda: page.state == "stopped", timeout=WAIT)
+    assert page.overview.values["memory"].text() == "1024 MiB"
+    assert "berthd is not running" in page.overview.values["state"].text()
+    assert page.start_button.isEnabled()
+    assert not (berth_home / "daemon" / "berthd.log").exists()
