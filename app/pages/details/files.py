@@ -261,8 +261,8 @@ def list_directory(
         with tarfile.open(fileobj=reader, mode="r|") as tar:
             root: str | None = None
             for member in tar:
-                name = member.name.lstrip("/")
-                name = name.removeprefix("./").rstrip("/")
+                name = member.name.lstrip("/").rstrip("/")
+                name = "" if name == "." else name.removeprefix("./")
                 if root is None:
                     root = name
                     continue

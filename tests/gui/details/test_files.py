@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import posixpath
 import tarfile
 import threading
 from pathlib import Path
@@ -251,3 +252,34 @@ def test_upload_archive_is_owned_by_root(tmp_path: Path) -> None:
     assert all(m.uid == 0 and m.uname == "root" for m in members.values())
 
 
+
+
+@pytest.mark.parametrize(
+    ("names_in_tar", "expected"),
+    [
+        # docker, archive of "/": an empty root entry and slash-prefixed members
+        (["", "/bin", "/bin/sh", "/etc", "/etc/hosts", "/.env"], {"bin", "etc", ".env"}),
+        # docker, archive of "/etc": members under the base name
+        (["etc", "etc/hosts", "etc/ssl", "etc/ssl/cert.pem"], {"hosts", "ssl"}),
+        # "./"-relative members, as some engines send for "DIR/."
+        ([".", "./hosts", "./ssl", "./ssl/cert.pem", "./a", "./a/b"], {"hosts", "ssl", "a"}),
+    ],
+)
+def test_listing_handles_each_engines_member_names(
+    names_in_tar: list[str], expected: set[str]
+) -> None:
+    from app.pages.details.files import list_directory
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name in names_in_tar:
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.REGTYPE if "." in name.rsplit("/", 1)[-1][1:] else tarfile.DIRTYPE
+            tar.addfile(info, io.BytesIO(b"") if info.isfile() else None)
+
+    class Client:
+        def get_archive(self, _cid: str, _path: str) -> tuple[Any, dict[str, Any]]:
+            return _chunks(buf.getvalue()), {}
+
+    members = list_directory(Client(), "c", "/")  # type: ignore[arg-type]
+    assert {posixpath.basename(m.name.rstrip("/")) for m in members} == expected
