@@ -49,10 +49,13 @@ insmod /lib/button.ko 2>/dev/null
 (
   for ev in /sys/class/input/event*; do
     if grep -q "Power Button" "$ev/device/name" 2>/dev/null; then
+      node="/dev/input/${ev##*/}"
+      # devtmpfs creates the node asynchronously: wait for it, or dd fails at once
+      # and the guest would power off by mistake.
+      while [ ! -e "$node" ]; do usleep 10000; done
       touch /tmp/power-watch
-      dd if="/dev/input/${ev##*/}" of=/dev/null bs=24 count=1 2>/dev/null
       # Tests create /tmp/ignore-power to play a guest that ignores the button.
-      if [ ! -e /tmp/ignore-power ]; then
+      if dd if="$node" of=/dev/null bs=24 count=1 2>/dev/null && [ ! -e /tmp/ignore-power ]; then
         echo "tiny-guest: power button, powering off"
         poweroff -f
       fi
