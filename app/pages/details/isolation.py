@@ -274,9 +274,16 @@ def process_rows(pid: int, proc: Path = Path("/proc")) -> tuple[tuple[str, str],
             "all (privileged)" if all_caps else ", ".join(caps) or "none"
         )
         rows.append(("Effective capabilities", summary))
+    if "CapBnd" in fields and fields["CapBnd"] != fields.get("CapEff"):
+        bounding = decode_capabilities(fields["CapBnd"])
+        rows.append(("Bounding capabilities (can be regained)", f"{len(bounding)}"))
     if "Seccomp" in fields:
         mode = {"0": "off", "1": "strict", "2": "filter"}.get(fields["Seccomp"], fields["Seccomp"])
-        rows.append(("Seccomp", mode))
+        filters = fields.get("Seccomp_filters")
+        rows.append(("Seccomp", f"{mode} ({filters} filter(s))" if filters else mode))
+    label = _read(proc / str(pid) / "attr" / "current")
+    # The kernel answers EINVAL when no LSM (AppArmor, SELinux, Smack) is active.
+    rows.append(("Security label (AppArmor/SELinux)", label.strip("\x00") if label else "none"))
     if "NoNewPrivs" in fields:
         rows.append(("No new privileges", "yes" if fields["NoNewPrivs"] == "1" else "no"))
     return tuple(rows)
