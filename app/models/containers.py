@@ -240,8 +240,17 @@ class ContainersModel(QAbstractTableModel):
     def set_stats(self, samples: dict[str, StatsSample]) -> None:
         rows = []
         for cid, sample in samples.items():
-            if cid in self._rows:
-                self._stats[cid] = sample
+            if cid not in self._rows:
+                continue
+            old = self._stats.get(cid)
+            self._stats[cid] = sample
+            # An idle container's figures rarely change as shown: repaint only when
+            # the text (or the sort value) would differ.
+            if old is None or (
+                f"{old.cpu_percent:.1f}" != f"{sample.cpu_percent:.1f}"
+                or old.mem_usage != sample.mem_usage
+                or old.mem_limit != sample.mem_limit
+            ):
                 rows.append(self._rows[cid])
         for first, last in _ranges(rows):
             self.dataChanged.emit(self.index(first, COL_CPU), self.index(last, COL_MEMORY))

@@ -90,7 +90,8 @@ def test_run_from_dialog_appears_live_then_stop_from_table(
         page.actions_by_key["stop"].trigger()
     assert done.args[2] == []
     qtbot.waitUntil(lambda: _state(page, cid) == "exited", timeout=15_000)
-    assert page.actions_by_key["start"].isEnabled()
+    # The toolbar follows cell changes once per burst (a 50 ms debounce).
+    qtbot.waitUntil(lambda: page.actions_by_key["start"].isEnabled(), timeout=2000)
 
     # Hidden: no stats streams stay open.
     page.hide()
