@@ -166,6 +166,9 @@ class RunDialog(QDialog):
         self.setMinimumWidth(620)
         self._build(image)
         self._load_engine_facts()
+        if self.session is not None:
+            # Images and networks may still be loading when the dialog opens.
+            self.session.diffs.connect(self._diffs_arrived)
         self.validate()
 
     # ---- layout --------------------------------------------------------------------------
@@ -317,6 +320,21 @@ class RunDialog(QDialog):
             return []
         names = [n.name for n in self.session.snapshot("network") if isinstance(n, Network)]
         return sorted(set(names))
+
+    def _diffs_arrived(self, diffs: list[Any]) -> None:
+        kinds = {getattr(d, "kind", "") for d in diffs}
+        if "image" in kinds:
+            have = {self.image.itemText(i) for i in range(self.image.count())}
+            text = self.image.currentText()
+            for tag in self._local_images():
+                if tag not in have:
+                    self.image.addItem(tag)
+            self.image.setEditText(text)  # adding items must not change what was typed
+        if "network" in kinds:
+            have = {self.network.itemText(i) for i in range(self.network.count())}
+            for net in self._networks():
+                if net not in have:
+                    self.network.addItem(net, net)
 
     def _load_engine_facts(self) -> None:
         if self.session is None:

@@ -64,10 +64,10 @@ def test_run_from_dialog_appears_live_then_stop_from_table(
     dialog.name.setText(name)
     dialog.command.setText(STOPPABLE)
     dialog.env.add_row("BERTH_GUI_TEST=1")
-    # The shared CI dockerd may run without a docker0 bridge: "none" always works.
-    none = dialog.network.findText("none")
-    assert none > 0, "the engine's networks are offered"
-    dialog.network.setCurrentIndex(none)
+    # The shared CI dockerd may run without a docker0 bridge: "none" always works. The
+    # engine's networks are offered as soon as the session has listed them.
+    qtbot.waitUntil(lambda: dialog.network.findText("none") > 0, timeout=15_000)
+    dialog.network.setCurrentIndex(dialog.network.findText("none"))
     assert dialog.run_button.isEnabled()
     with qtbot.waitSignal(dialog.started, timeout=20_000) as blocker:
         dialog.run_button.click()

@@ -158,3 +158,21 @@ def test_prefill_and_local_images_offered(qtbot: Any, ctx: Any) -> None:
     dlg.network.setCurrentIndex(1)
     request = dlg.build_request()
     assert request is not None and request.network == "backend"
+
+
+def test_images_and_networks_listed_after_opening_are_offered(qtbot: Any, ctx: Any) -> None:
+    from vm_backend.engine.models import Image, Network
+    from vm_backend.engine.monitor import Diff
+
+    session = FakeSession()
+    ctx.use_session(session)
+    dlg = RunDialog(ctx, image="typed:1")
+    qtbot.addWidget(dlg)
+    net = Network("n2", "late-net", "bridge", "local", False, (), (), "")
+    img = Image("sha256:2", ("late:1",), (), 1, 0.0)
+    session.tables["network"] = [net]
+    session.tables["image"] = [img]
+    session.diffs.emit([Diff("network", added=(net,)), Diff("image", added=(img,))])
+    assert dlg.network.findText("late-net") > 0
+    assert dlg.image.findText("late:1") >= 0
+    assert dlg.image.currentText() == "typed:1"  # what was typed stays
