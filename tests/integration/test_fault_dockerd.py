@@ -30,7 +30,11 @@ from vm_backend.engine.errors import EngineError
 from vm_backend.engine.models import ContainerState
 from vm_backend.engine.run import RunRequest
 
-pytestmark = [pytest.mark.engine, pytest.mark.fault]
+pytestmark = [
+    pytest.mark.engine,
+    pytest.mark.fault,
+    pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning"),
+]
 
 
 @pytest.fixture

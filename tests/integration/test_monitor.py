@@ -23,7 +23,10 @@ from vm_backend.engine.models import Container, ContainerState, EngineKind, Even
 from vm_backend.engine.monitor import Diff, EngineMonitor
 from vm_backend.engine.run import RunRequest
 
-pytestmark = pytest.mark.engine
+pytestmark = [
+    pytest.mark.engine,
+    pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning"),
+]
 
 
 class Recorder:
