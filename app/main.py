@@ -86,6 +86,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.screenshot:
         return _screenshots(app, window, ctx, Path(args.screenshot))
+    from app.tray import app_icon, attach_tray
+
+    app.setWindowIcon(app_icon())
+
+    def quit_berth() -> None:
+        window.quitting = True
+        window.close()
+        app.quit()
+
+    window.tray = attach_tray(ctx, window, quit_berth)
+    if window.tray is not None:
+        app.setQuitOnLastWindowClosed(False)
     window.show()
     status = app.exec()
     ctx.shutdown()

@@ -127,6 +127,10 @@ class MainWindow(QMainWindow):
         self.resize(1200, 760)
         self._holders: dict[str, _PageHolder] = {}
         self._session: EngineSession | None = None
+        # Set by main() when a tray icon exists: closing then hides the window (if the
+        # settings say so) and only the tray's Quit ends Berth.
+        self.tray: object | None = None
+        self.quitting = False
 
         central = QWidget()
         outer = QHBoxLayout(central)
@@ -337,6 +341,10 @@ class MainWindow(QMainWindow):
         return self.banner.isVisibleTo(self)
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        if self.tray is not None and self.ctx.settings.close_to_tray and not self.quitting:
+            event.ignore()
+            self.hide()
+            return
         self._unsubscribe()
         super().closeEvent(event)
 

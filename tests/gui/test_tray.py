@@ -51,3 +51,18 @@ def test_vm_item_hidden_without_a_machine(qtbot: Any) -> None:
     assert tray.vm_toggle_action.text() == "Stop the VM"
     tray._vm_status({"state": "stopped"})
     assert tray.vm_toggle_action.text() == "Start the VM"
+
+
+def test_closing_the_window_keeps_berth_in_the_tray(qtbot: Any) -> None:
+    from app.window import MainWindow
+
+    ctx = AppContext(Settings(close_to_tray=True))
+    window = MainWindow(ctx)
+    qtbot.addWidget(window)
+    window.show()
+    window.tray = BerthTray(ctx)
+    assert window.close() is False  # the close was turned into a hide
+    assert not window.isVisible()
+    window.show()
+    window.quitting = True
+    assert window.close()
