@@ -73,6 +73,7 @@ def test_image_ref_invalid(text: str) -> None:
     path=st.lists(st.from_regex(r"\A[a-z0-9]+([._-][a-z0-9]+)?\Z"), min_size=1, max_size=3),
     tag=st.from_regex(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,20}\Z"),
 )
+@settings(max_examples=60, deadline=None)
 def test_image_ref_round_trip(path: list[str], tag: str) -> None:
     text = "/".join(path) + ":" + tag
     ref = specs.parse_image_ref(text)
@@ -230,6 +231,7 @@ def test_command() -> None:
 
 
 @given(st.lists(st.text(min_size=1).filter(lambda s: "\x00" not in s), max_size=5))
+@settings(max_examples=60, deadline=None)
 def test_command_round_trip(argv: list[str]) -> None:
     assert specs.parse_command(shlex.join(argv)) == argv
 
