@@ -478,9 +478,10 @@ def test_flood_does_not_stall_gui(term: TerminalWidget, qtbot: Any) -> None:
     # A pass stops after 8 ms of wall time; in CPU time (immune to other load
     # on the machine) no pass may exceed a few slices.
     assert term.max_parse_cpu_seconds < 0.05
-    # Wall-clock gaps include the scheduler on a busy 2-core CI; parsing the
-    # whole flood in one call would be several seconds.
-    assert max(gaps) < 1.0
+    # Wall-clock gaps include the scheduler on a busy 2-core CI (up to 0.3 s
+    # seen at a load average of 50); parsing the whole flood in one call
+    # would be 4+ s of CPU alone.
+    assert max(gaps) < 2.0
     assert term.term_screen.cursor.y == 23
     assert row_text(term, 22).startswith("line 000999")
 
