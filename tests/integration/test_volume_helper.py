@@ -1,8 +1,9 @@
 """The volume helper against the real engines: files in and out, export/import, cleanup.
 
 Every object created here carries ``berth.test=objects`` and is removed in teardown, and
-every test checks that no ``berth.helper=1`` container outlives it — also when a failure
-is injected half-way through a transfer.
+every test checks that no ``berth.helper=1`` container of its volume outlives it — also
+when a failure is injected half-way through a transfer. (Only helpers of our own volumes
+are looked at: the engines are shared with other runs that may be mid-transfer.)
 """
 
 from __future__ import annotations
@@ -55,13 +56,13 @@ def volume(client: EngineClient) -> Iterator[str]:
     name = f"berth-test-vh-{uuid.uuid4().hex[:8]}"
     client.create_volume(name, labels=TEST_LABEL)
     yield name
-    for helper in helper_containers(client):
+    for helper in helper_containers(client, name):
         client.remove(helper.id, force=True)
     client.remove_volume(name, force=True)
 
 
-def _no_helpers(client: EngineClient) -> bool:
-    return helper_containers(client) == []
+def _no_helpers(client: EngineClient, volume: str) -> bool:
+    return helper_containers(client, volume) == []
 
 
 def test_clean_path_never_leaves_the_volume() -> None:
@@ -102,7 +103,7 @@ def test_upload_list_download_roundtrip(client: EngineClient, volume: str, tmp_p
         names = set(tar.getnames())
     # Docker adds a "." entry for the folder itself, Podman does not.
     assert names - {"."} == {"sub", "sub/x.cfg"}
-    assert _no_helpers(client)
+    assert _no_helpers(client, volume)
 
 
 def test_export_then_import_into_a_new_volume(
@@ -125,14 +126,14 @@ def test_export_then_import_into_a_new_volume(
         assert [(e.name, e.size) for e in entries] == [("data.bin", 256 * 4096)]
     finally:
         client.remove_volume(other, force=True)
-    assert _no_helpers(client)
+    assert _no_helpers(client, volume)
 
 
 def test_missing_path_is_a_clean_error(client: EngineClient, volume: str, tmp_path: Path) -> None:
     with pytest.raises(EngineError):
         download_from_volume(client, volume, "nope.txt", tmp_path / "x")
     assert not (tmp_path / "x").exists()
-    assert _no_helpers(client)
+    assert _no_helpers(client, volume)
 
 
 def test_helper_removed_when_export_fails_half_way(
@@ -150,7 +151,7 @@ def test_helper_removed_when_export_fails_half_way(
         export_volume(client, volume, dest, progress=explode)
     assert not dest.exists()
     assert list(tmp_path.glob(".*partial")) == []
-    assert _no_helpers(client)
+    assert _no_helpers(client, volume)
 
 
 def test_helper_removed_when_import_is_cancelled(
@@ -171,7 +172,7 @@ def test_helper_removed_when_import_is_cancelled(
 
     with pytest.raises(TransferCancelled):
         import_volume(client, volume, archive, cancelled=cancel_after_first_chunk)
-    assert _no_helpers(client)
+    assert _no_helpers(client, volume)
 
 
 def test_helper_removed_when_the_body_of_the_with_block_raises(
@@ -179,9 +180,9 @@ def test_helper_removed_when_the_body_of_the_with_block_raises(
 ) -> None:
     with pytest.raises(ZeroDivisionError), VolumeHelper(client, volume, labels=TEST_LABEL) as h:
         assert h.container_id
-        assert len(helper_containers(client)) == 1
+        assert len(helper_containers(client, volume)) == 1
         _ = 1 / 0
-    assert _no_helpers(client)
+    assert _no_helpers(client, volume)
 
 
 def test_unsafe_archive_is_refused(client: EngineClient, volume: str, tmp_path: Path) -> None:
@@ -196,17 +197,19 @@ def test_unsafe_archive_is_refused(client: EngineClient, volume: str, tmp_path: 
     not_tar.write_text("not a tar")
     with pytest.raises(VolumeHelperError, match="not a readable tar"):
         import_volume(client, volume, not_tar)
-    assert _no_helpers(client)
+    assert _no_helpers(client, volume)
 
 
 def test_stale_helpers_are_swept_young_ones_kept(client: EngineClient, volume: str) -> None:
     with VolumeHelper(client, volume, labels=TEST_LABEL) as helper:
         # In use right now (young): a sweep with the normal age limit leaves it alone.
-        assert remove_stale_helpers(client) == []
-        assert [h.id for h in helper_containers(client)] == [helper.container_id]
+        assert remove_stale_helpers(client, volume=volume) == []
+        assert [h.id for h in helper_containers(client, volume)] == [helper.container_id]
         # As if its Berth had crashed long ago: swept; __exit__ then finds it gone.
-        assert remove_stale_helpers(client, older_than=-60) == [helper.container_id]
-    assert _no_helpers(client)
+        assert remove_stale_helpers(client, older_than=-60, volume=volume) == [
+            helper.container_id
+        ]
+    assert _no_helpers(client, volume)
 
 
 class _NoImages:

@@ -136,13 +136,21 @@ def pick_helper_image(client: EngineClient) -> str:
     return candidates[0].id
 
 
-def helper_containers(client: EngineClient) -> list[Container]:
-    """Helper containers that still exist (normally none, even after failures)."""
-    return client.containers(all=True, filters={"label": f"{HELPER_LABEL}=1"})
+def helper_containers(client: EngineClient, volume: str = "") -> list[Container]:
+    """Helper containers that still exist (normally none, even after failures).
+
+    With ``volume``, only the helpers that mount that volume.
+    """
+    filters: dict[str, str] = {"label": f"{HELPER_LABEL}=1"}
+    if volume:
+        filters["volume"] = volume
+    return client.containers(all=True, filters=filters)
 
 
-def remove_stale_helpers(client: EngineClient, older_than: float = 600.0) -> list[str]:
-    """Remove helpers left by a crashed Berth; returns their ids.
+def remove_stale_helpers(
+    client: EngineClient, older_than: float = 600.0, volume: str = ""
+) -> list[str]:
+    """Remove helpers left by a crashed Berth (only those of ``volume`` if given).
 
     A helper lives for one transfer, so one older than ``older_than`` seconds belongs to
     a process that died mid-operation (``__exit__`` never ran). Younger ones may be in
@@ -150,7 +158,7 @@ def remove_stale_helpers(client: EngineClient, older_than: float = 600.0) -> lis
     """
     cutoff = time.time() - older_than
     removed: list[str] = []
-    for helper in helper_containers(client):
+    for helper in helper_containers(client, volume):
         if helper.created and helper.created > cutoff:
             continue
         try:

@@ -180,8 +180,10 @@ def test_create_connect_disconnect_prune(
     ctx.notified.connect(lambda t, x: notes.append((t, x)))
     page.prune_act.trigger()
     _click_confirm(qtbot, page)
-    qtbot.waitUntil(lambda: bool(notes), timeout=30000)
-    assert notes[0] == ("Networks pruned", "Pruned networks: 1 removed.")
+    qtbot.waitUntil(lambda: bool(notes) or "Prune networks:" in page.status.text(),
+                    timeout=90000)
+    assert notes and notes[0] == ("Networks pruned", "Pruned networks: 1 removed."), (
+        page.status.text())
     wait_for_key(qtbot, page.networks, home_key, present=False)
 
 

@@ -189,7 +189,7 @@ def test_export_cancelled_leaves_no_file_and_no_helper(
         pass
     assert blocker.args[0] is False
     assert not dest.exists() and list(tmp_path.glob(".*partial")) == []
-    assert api.containers(all=True, filters={"label": "berth.helper=1"}) == []
+    assert api.containers(all=True, filters={"label": "berth.helper=1", "volume": name}) == []
     assert "cancelled" in page.status.text()
 
 
