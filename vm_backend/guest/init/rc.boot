@@ -174,9 +174,8 @@ else
     : > /root/.ssh/authorized_keys
     chmod 0600 /root/.ssh/authorized_keys
 fi
-/usr/sbin/sshd -t > "$BERTH_LOG/sshd-check.log" 2>&1 \
-    || berth_fail sshd bad-sshd-config "$BERTH_LOG/sshd-check.log"
-# sshd binds port 22 before it daemonises, so it accepts connections from here on.
+# sshd checks its configuration and binds port 22 before it daemonises (exiting
+# non-zero on any error), so it accepts connections from here on.
 /usr/sbin/sshd -E "$BERTH_LOG/sshd.log" || berth_fail sshd sshd-failed "$BERTH_LOG/sshd.log"
 berth_stage sshd
 
