@@ -367,6 +367,7 @@ class MachinePage(QWidget):
         self._busy = ""  # the action in flight, for the buttons and the status line
         self._refreshing = False
         self._refresh_again = False
+        self._sample_again = False
         self._first_boot = False
         self._shell_count = 0
         self._ssh: GuestSSH | None = None
@@ -470,6 +471,8 @@ class MachinePage(QWidget):
         """Ask berthd for the machine's status (one request in flight at a time)."""
         if self._refreshing:
             self._refresh_again = True
+            # A poll tick that finds a read in flight still gets its chart sample.
+            self._sample_again = self._sample_again or sample
             return
         self._refreshing = True
         name = self.name
@@ -489,8 +492,9 @@ class MachinePage(QWidget):
         def done() -> None:
             self._refreshing = False
             if self._refresh_again:
+                again_sample, self._sample_again = self._sample_again, False
                 self._refresh_again = False
-                self.refresh()
+                self.refresh(sample=again_sample)
 
         Op(fetch).success(lambda doc: self._render(doc, sample)).failure(
             lambda err: self._fail(self.tr("Reading the VM's status"), err)
