@@ -9,7 +9,9 @@ The queue is bounded by back-pressure rather than by dropping: at ``HIGH_WATER``
 the reader waits for the GUI's next take and the engine buffers the rest (it keeps the
 log on disk anyway). That also keeps the GUI responsive: a reader parsing flat out holds
 the GIL, and every Python callback of the view's painting would wait for it (the "convoy
-effect"); a reader that waits, and yields every few hundred lines, leaves room.
+effect"); a reader that waits, and yields every few hundred lines, leaves room. After a
+full batch is taken the reader also pauses ``HEAD_START`` so the GUI can add and paint it
+with the GIL to itself.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ BATCH_MS = 100
 HIGH_WATER = 8_000
 #: The reader yields the GIL every this many lines so the GUI thread gets it promptly.
 YIELD_EVERY = 200
+#: After the GUI takes a full queue, the reader waits this long before parsing on.
+HEAD_START = 0.03
 #: Lines kept in the view.
 VIEW_CAPACITY = 100_000
 
@@ -134,8 +138,12 @@ class LogReader:
                         room.clear()
                 if not room.is_set():
                     room.wait()
+                    # The GUI is appending (and soon painting) what it took: let it run.
+                    self._stopped.wait(HEAD_START)
                 elif count % YIELD_EVERY == 0:
-                    time.sleep(0)  # hand the GIL to the GUI thread if it is waiting
+                    # A real (if tiny) sleep: on a busy machine the GUI thread may need
+                    # longer than sleep(0) gives to be scheduled and take the GIL.
+                    time.sleep(0.001)
                 if self._stopped.is_set():
                     return
         except Exception as err:  # noqa: BLE001 - reported on the GUI thread
