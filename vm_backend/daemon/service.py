@@ -15,6 +15,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from vm_backend.machine.hostinfo import Arch
 from vm_backend.machine.image import GuestImage, ImageError
 from vm_backend.machine.keys import ensure_machine_keys
 from vm_backend.machine.machine import Machine, MachineState, MachineStatus, StopOutcome
+from vm_backend.machine.portfwd import PortForwarder
 from vm_backend.machine.relay import EngineSocketRelay
 from vm_backend.machine.spec import MachineSpec, spec_to_json
 from vm_backend.machine.ssh import GuestSSH
@@ -93,6 +95,7 @@ class MachineService:
         self._lock = threading.RLock()
         self.ssh: GuestSSH | None = None
         self.relay: EngineSocketRelay | None = None
+        self.ports: PortForwarder | None = None
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
         self.machine.add_readiness_hook(Stage.SOCKET, self._open_engine_socket)
         self.machine.on_stage(self._stage_changed)
@@ -189,6 +192,20 @@ class MachineService:
                 "The engine socket does not answer /_ping.",
                 "See the console log (berth machine logs) for dockerd's errors.",
             )
+        with self._lock:
+            # Published ports follow the engine from here on (docs/ports.md).
+            # A failure here costs the ports, not the machine: it is logged, not raised.
+            if self.ports is None and self.ssh is not None:
+                ports = PortForwarder(
+                    self.ssh,
+                    f"unix://{self.engine_socket}",
+                    expose_on_lan=machine.spec.expose_ports_on_lan,
+                )
+                try:
+                    ports.start()
+                    self.ports = ports
+                except BerthError as err:
+                    log.warning("published ports are not forwarded: %s", err)
         if self.manage_context:
             try:
                 write_context(f"unix://{self.engine_socket}", name=CONTEXT_NAME)
@@ -197,8 +214,11 @@ class MachineService:
 
     def _close_data_plane(self) -> None:
         with self._lock:
+            ports, self.ports = self.ports, None
             relay, self.relay = self.relay, None
             ssh, self.ssh = self.ssh, None
+        if ports is not None:
+            ports.stop()
         if relay is not None:
             relay.stop()
         if ssh is not None:
@@ -212,6 +232,8 @@ class MachineService:
         doc["docker_host"] = f"unix://{self.engine_socket}" if self.relay is not None else ""
         doc["spec"] = spec_to_json(spec) if spec else None
         doc["relay_connections"] = self.relay.active_connections if self.relay else 0
+        ports = self.ports
+        doc["ports"] = [asdict(p) for p in ports.table()] if ports is not None else []
         return doc
 
 
