@@ -384,9 +384,16 @@ def test_reattach_after_daemon_restart(home: Path, tiny_guest: TinyGuest,
         console = second.console
         assert console is not None
         seen = threading.Event()
-        console.subscribe(lambda d: seen.set() if b"again-9" in d else None)
+        received = bytearray()
+
+        def on_data(data: bytes) -> None:
+            received.extend(data)  # the answer may arrive split across reads
+            if b"again-9" in received:
+                seen.set()
+
+        console.subscribe(on_data)
         console.write(b"echo again-$((3*3))\n")
-        assert seen.wait(15)
+        assert seen.wait(30), bytes(received)
         assert second.stop() is StopOutcome.POWERED_OFF
     finally:
         first.kill()

@@ -115,7 +115,14 @@ def test_start_console_pause_and_powerdown(machine: Machine) -> None:
     console = machine.console
     assert console is not None
     got = threading.Event()
-    console.subscribe(lambda data: got.set() if b"echo:hi" in data else None)
+    received = bytearray()
+
+    def on_data(data: bytes) -> None:
+        received.extend(data)  # may arrive split across reads
+        if b"echo:hi" in received:
+            got.set()
+
+    console.subscribe(on_data)
     console.write(b"hi")
     assert got.wait(2)
     machine.pause()
