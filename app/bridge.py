@@ -9,13 +9,14 @@ message and a hint fit for the user. Nothing here blocks the GUI thread. Callbac
 from __future__ import annotations
 
 import logging
+import threading
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import shiboken6
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QCoreApplication, QObject, Qt, Signal, Slot
 
 from vm_backend.errors import BerthError
 
@@ -25,18 +26,34 @@ _POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="berth-op")
 
 
 class _Relay(QObject):
+    """Lives on the GUI thread; runs the thunks emitted from any thread there."""
+
     done = Signal(object)
+
+    def __init__(self) -> None:
+        super().__init__()
+        app = QCoreApplication.instance()
+        if app is not None and self.thread() is not app.thread():
+            # First used from a worker: hand the object to the GUI thread, or the queued
+            # calls below would run on that worker (or never).
+            self.moveToThread(app.thread())
+        self.done.connect(self._run, Qt.ConnectionType.QueuedConnection)
+
+    @Slot(object)
+    def _run(self, thunk: Callable[[], None]) -> None:
+        thunk()
 
 
 _relay: _Relay | None = None
+_relay_lock = threading.Lock()
 
 
 def _get_relay() -> _Relay:
     global _relay
-    if _relay is None:
-        _relay = _Relay()
-        _relay.done.connect(lambda thunk: thunk())
-    return _relay
+    with _relay_lock:
+        if _relay is None:
+            _relay = _Relay()
+        return _relay
 
 
 def call_in_gui(fn: Callable[[], None]) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import shiboken6
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from app.bridge import call_in_gui
@@ -46,6 +47,7 @@ class EngineSession(QObject):
         self._pending_events: list[Event] = []
         self._pending_conn: tuple[bool, str] | None = None
         self._scheduled = False
+        self._stopped = False
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(BATCH_MS)
@@ -56,6 +58,7 @@ class EngineSession(QObject):
         self.monitor.start()
 
     def stop(self) -> None:
+        self._stopped = True  # late callbacks from monitor threads are ignored from now on
         self.monitor.stop(timeout=1.0)
         self.client.close()
 
@@ -83,6 +86,8 @@ class EngineSession(QObject):
 
     # ---- GUI thread -----------------------------------------------------------------------
     def _schedule(self) -> None:
+        if self._stopped:
+            return
         with self._lock:
             if self._scheduled:
                 return
@@ -90,6 +95,9 @@ class EngineSession(QObject):
         call_in_gui(self._arm)
 
     def _arm(self) -> None:
+        # The session may have been stopped and deleted while this call was queued.
+        if self._stopped or not shiboken6.isValid(self) or not shiboken6.isValid(self._timer):
+            return
         if not self._timer.isActive():
             self._timer.start()
 
