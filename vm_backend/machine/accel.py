@@ -217,17 +217,12 @@ class AcceleratorProbe:
             return
 
 
-def default_probe(host: HostInfo, home: Path) -> AcceleratorProbe:
-    return AcceleratorProbe(host, home / "accel-probe.json")
-
-
 __all__ = [
     "KVM_INTERNAL_ERROR",
     "AccelChoice",
     "AcceleratorProbe",
     "QemuMissingError",
     "boot_id",
-    "default_probe",
     "kvm_device_error",
     "kvm_functional_probe",
     "qemu_accelerators",

@@ -10,7 +10,7 @@ import enum
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +58,6 @@ class MachineSpec:
     ssh_port: int = DEFAULT_SSH_PORT
     shares: tuple[Share, ...] = field(default_factory=tuple)
     expose_ports_on_lan: bool = False
-
-    def with_ssh_port(self, port: int) -> MachineSpec:
-        return replace(self, ssh_port=port)
 
 
 def validate(spec: MachineSpec, host: HostInfo, previous: MachineSpec | None = None) -> None:
