@@ -129,6 +129,8 @@ class DiskPage(QWidget):
         for col, title in enumerate(("", "Total", "In use", "Size", "Reclaimable")):
             label = QLabel(f"<b>{title}</b>")  # our own constant text, not engine text
             label.setTextFormat(Qt.TextFormat.RichText)
+            if col:
+                label.setAlignment(Qt.AlignmentFlag.AlignRight)
             self.grid.addWidget(label, 0, col)
         self.cells: dict[tuple[int, int], QLabel] = {}
         for row, kind in enumerate(("Images", "Containers", "Volumes", "Build cache"), start=1):

@@ -56,7 +56,7 @@ PAGE_MODULES = (
     "app.pages.engines",
     "app.pages.machine",
     "app.pages.settings",
-    "app.pages.details",
+    "app.pages.details.panel",
 )
 
 

@@ -26,7 +26,7 @@ import requests.exceptions
 from vm_backend.engine.models import Endpoint, EndpointSource, EndpointStatus, EngineKind
 from vm_backend.paths import berth_home, docker_config_dir
 
-PROBE_TIMEOUT = 3.0
+PROBE_TIMEOUT = 5.0  # Podman's /version can take seconds on a busy host
 
 
 def _runtime_dir() -> Path:

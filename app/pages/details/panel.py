@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from PySide6.QtCore import Qt, SignalInstance
 from PySide6.QtWidgets import QStackedWidget, QVBoxLayout, QWidget
 
+from app.pages.containers import set_details_factory
 from app.pages.details import ContainerDetails, HasClient
 from app.pages.details._base import plain_label
 
@@ -35,8 +36,10 @@ class ContainerDetailsPanel(QWidget):
         self._container_id: str | None = None
         self.details = ContainerDetails(parent=self)
         self.hint = plain_label(
-            self.tr("Select one container to see its logs, terminal, stats, inspect, "
-                    "files and isolation."),
+            self.tr(
+                "Select one container to see its logs, terminal, stats, inspect, "
+                "files and isolation."
+            ),
             self,
         )
         self.hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
@@ -73,3 +76,8 @@ class ContainerDetailsPanel(QWidget):
 def details_factory(ctx: SessionSource) -> ContainerDetailsPanel:
     """For ``app.pages.containers.set_details_factory``."""
     return ContainerDetailsPanel(ctx)
+
+
+# Loading this module (the window's page loader does) gives the Containers page its
+# details pane.
+set_details_factory(details_factory)
