@@ -1,0 +1,259 @@
+"""PortForwarder end to end without a VM: real OpenSSH, the real local dockerd.
+
+The sshd stand-in (sshd_fixtures) plays the guest's sshd; the local dockerd plays the
+guest's. A busybox httpd container publishes ``-p P:80`` on a user-defined bridge network
+(this CI's default bridge has no docker0), so dockerd's proxy holds P on this host, as it
+would in the guest. The forwarder therefore listens on ``P + offset``
+(``host_port_offset``, the test-only knob) and relays each connection over
+``direct-tcpip`` to ``127.0.0.1:P`` through sshd: the same path as in the VM.
+
+The 256 MiB transfer also runs through OpenSSH's ``ssh -N -L`` to the same sshd and port
+and prints both rates (recorded in docs/benchmarks-ports.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.sshd_fixtures import *  # noqa: F403 - the sshd_server fixture
+from tests.integration.sshd_fixtures import DOCKER_SOCK, SshdServer, need_sshd
+from vm_backend.engine.client import EngineClient
+from vm_backend.engine.run import RunRequest
+from vm_backend.engine.specs import PortSpec
+from vm_backend.machine.portfwd import STATE_LISTENING, PortForwarder
+from vm_backend.machine.ports import is_port_listening, pick_free_port
+from vm_backend.machine.ssh import GuestSSH
+
+pytestmark = pytest.mark.engine
+
+TEST_IMAGE = os.environ.get("BERTH_TEST_IMAGE", "berth-test/busybox:latest")
+LABEL = ("berth.test", "ports")
+OFFSET = 1
+BIG = 256 * 1024 * 1024
+# How fast the host follows the engine; the brief's bound, measured from the engine's
+# answer to start/stop.
+FOLLOW_S = 2.0
+HTTPD = "mkdir -p /www && echo 'berth test' > /www/index.html && exec httpd -f -p 80 -h /www"
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[EngineClient]:
+    need_sshd()
+    try:
+        client = EngineClient(f"unix://{DOCKER_SOCK}")
+        client.inspect_image(TEST_IMAGE)
+    except Exception as err:  # noqa: BLE001 - any failure means: not usable here
+        pytest.skip(f"docker engine or {TEST_IMAGE} not available: {err}")
+    yield client
+    with contextlib.suppress(Exception):
+        for c in client.api.containers(all=True, filters={"label": "=".join(LABEL)}):
+            with contextlib.suppress(Exception):
+                client.api.remove_container(c["Id"], force=True, v=True)
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def network(engine: EngineClient) -> Iterator[str]:
+    name = f"berth-ports-{uuid.uuid4().hex[:8]}"
+    engine.api.create_network(name, driver="bridge", labels=dict([LABEL]))
+    yield name
+    with contextlib.suppress(Exception):
+        for c in engine.api.containers(all=True, filters={"label": "=".join(LABEL)}):
+            with contextlib.suppress(Exception):
+                engine.api.remove_container(c["Id"], force=True, v=True)
+    with contextlib.suppress(Exception):
+        engine.api.remove_network(name)
+
+
+@pytest.fixture(scope="module")
+def guest(sshd_server: SshdServer) -> Iterator[GuestSSH]:
+    ssh = GuestSSH(
+        sshd_server.port,
+        sshd_server.keys.client.private_path,
+        sshd_server.keys.host.public_openssh,
+    )
+    ssh.connect()
+    yield ssh
+    ssh.close()
+
+
+@pytest.fixture
+def forwarder(guest: GuestSSH) -> Iterator[PortForwarder]:
+    fwd = PortForwarder(guest, f"unix://{DOCKER_SOCK}", host_port_offset=OFFSET)
+    fwd.start()
+    yield fwd
+    fwd.stop()
+
+
+def free_pair() -> int:
+    """A port P with P and P + OFFSET both free (dockerd takes P, the forwarder P+OFFSET)."""
+    for _ in range(50):
+        port = pick_free_port()
+        if not is_port_listening(port + OFFSET):
+            return port
+    raise RuntimeError("no two free neighbouring ports")
+
+
+def run_httpd(engine: EngineClient, network: str, port: int, script: str = HTTPD) -> str:
+    req = RunRequest(
+        image=TEST_IMAGE,
+        name=f"berth-ports-{uuid.uuid4().hex[:8]}",
+        command=("sh", "-c", script),
+        network=network,
+        ports=(PortSpec(80, "tcp", "", port),),
+        labels=(LABEL,),
+    )
+    return engine.run(req)
+
+
+def get(url: str, timeout: float = 1.0) -> bytes | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            body: bytes = resp.read()
+            return body
+    except OSError:
+        return None
+
+
+def wait_for(pred: Callable[[], bool], timeout: float, interval: float = 0.02) -> float | None:
+    """Seconds until ``pred()`` held, or None if it did not within ``timeout``."""
+    t0 = time.monotonic()
+    while True:
+        if pred():
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > timeout:
+            return None
+        time.sleep(interval)
+
+
+def test_follows_a_container_start_and_stop(
+    engine: EngineClient, network: str, forwarder: PortForwarder
+) -> None:
+    port = free_pair()
+    url = f"http://127.0.0.1:{port + OFFSET}/"
+    cid = run_httpd(engine, network, port)
+    # httpd may need a moment after the engine reports the container started.
+    assert wait_for(lambda: get(f"http://127.0.0.1:{port}/") == b"berth test\n", 10)
+    up = wait_for(lambda: get(url) == b"berth test\n", FOLLOW_S)
+    assert up is not None, f"no answer through the forward: {forwarder.table()}"
+    (row,) = [r for r in forwarder.table() if r.container_id == cid]
+    assert (row.state, row.host_address, row.host_port, row.guest_port) == (
+        STATE_LISTENING,
+        "127.0.0.1",
+        port + OFFSET,
+        80,
+    )
+
+    engine.api.stop(cid, timeout=1)
+    down = wait_for(lambda: not is_port_listening(port + OFFSET), FOLLOW_S)
+    assert down is not None, "the listener outlived the container by more than 2 s"
+    assert get(url) is None
+    assert all(r.container_id != cid for r in forwarder.table())
+    print(f"\nforward up {up * 1000:.0f} ms after start; down {down * 1000:.0f} ms after stop")
+
+
+def test_container_removed_while_a_client_is_connected(
+    engine: EngineClient, network: str, forwarder: PortForwarder
+) -> None:
+    port = free_pair()
+    cid = run_httpd(engine, network, port)
+    assert wait_for(lambda: get(f"http://127.0.0.1:{port + OFFSET}/") is not None, 10)
+    with socket.create_connection(("127.0.0.1", port + OFFSET), timeout=5) as idle:
+        assert wait_for(lambda: sum(r.connections for r in forwarder.table()) >= 1, 2)
+        engine.api.remove_container(cid, force=True)
+        assert wait_for(lambda: not is_port_listening(port + OFFSET), FOLLOW_S) is not None
+        idle.settimeout(5)
+        # The forwarded connection is cut, not left hanging.
+        with contextlib.suppress(ConnectionResetError):
+            assert idle.recv(1) == b""
+
+
+def _download(url: str) -> tuple[str, float]:
+    """sha256 and seconds of a GET, read by curl in its own process.
+
+    A client in this process would share the GIL with the forwarder's pump threads; in
+    real use the client (a browser, curl) is another process, as here. The digest, checked
+    against the container's own sha256sum, also proves the length.
+    """
+    t0 = time.monotonic()
+    curl = subprocess.Popen(["curl", "-sSf", "--max-time", "300", url], stdout=subprocess.PIPE)
+    assert curl.stdout is not None
+    summer = subprocess.run(["sha256sum"], stdin=curl.stdout, capture_output=True, check=True)
+    curl.stdout.close()
+    assert curl.wait() == 0
+    return summer.stdout.split()[0].decode(), time.monotonic() - t0
+
+
+@contextlib.contextmanager
+def ssh_tunnel(server: SshdServer, workdir: Path, local: int, remote: int) -> Iterator[None]:
+    """OpenSSH's own TCP forward to the same sshd and port, pinned like ours."""
+    known = workdir / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{server.port} {server.keys.host.public_openssh}\n")
+    proc = subprocess.Popen(
+        [
+            "ssh", "-N", "-p", str(server.port), "-i", str(server.keys.client.private_path),
+            "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
+            "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes",
+            "-L", f"127.0.0.1:{local}:127.0.0.1:{remote}", "root@127.0.0.1",
+        ],
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        if wait_for(lambda: is_port_listening(local) or proc.poll() is not None, 15) is None:
+            raise RuntimeError("ssh -L did not start")
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise RuntimeError(f"ssh -L failed: {err}")
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def test_256_mib_with_sha256_and_ssh_L_reference(
+    engine: EngineClient,
+    network: str,
+    forwarder: PortForwarder,
+    sshd_server: SshdServer,
+    tmp_path: Path,
+) -> None:
+    if shutil.which("ssh") is None:
+        pytest.skip("needs the OpenSSH client for the reference figure")
+    port = free_pair()
+    script = (
+        f"mkdir -p /www && head -c {BIG} /dev/urandom > /www/big"
+        " && sha256sum /www/big > /www/big.sha256 && exec httpd -f -p 80 -h /www"
+    )
+    run_httpd(engine, network, port, script)
+    direct = f"http://127.0.0.1:{port}"
+    assert wait_for(lambda: get(f"{direct}/big.sha256") is not None, 120), "file not ready"
+    expected = (get(f"{direct}/big.sha256") or b"").split()[0].decode()
+
+    via_berth = f"http://127.0.0.1:{port + OFFSET}"
+    assert wait_for(lambda: get(f"{via_berth}/big.sha256") is not None, FOLLOW_S)
+    results: dict[str, list[float]] = {"berth": [], "ssh -L": [], "direct": []}
+    local = pick_free_port()
+    with ssh_tunnel(sshd_server, tmp_path, local, port):
+        urls = {
+            "berth": f"{via_berth}/big",
+            "ssh -L": f"http://127.0.0.1:{local}/big",
+            "direct": f"{direct}/big",
+        }
+        for _ in range(3):  # interleaved, so load changes hit both alike
+            for name, url in urls.items():
+                digest, secs = _download(url)
+                assert digest == expected, name
+                results[name].append(BIG / secs / 1e6)
+    line = "  ".join(f"{k}: {' / '.join(f'{v:.1f}' for v in vs)} MB/s" for k, vs in results.items())
+    print(f"\n256 MiB, sha256 checked: {line}; load {os.getloadavg()[0]:.1f}")
