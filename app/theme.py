@@ -54,6 +54,12 @@ def dark_palette() -> QPalette:
     p.setColor(QPalette.ColorRole.Link, QColor(110, 170, 255))
     p.setColor(QPalette.ColorRole.Highlight, QColor(53, 116, 240))
     p.setColor(QPalette.ColorRole.HighlightedText, QColor(255, 255, 255))
+    # Frame and bevel shades: the light defaults would draw bright lines on dark.
+    p.setColor(QPalette.ColorRole.Light, QColor(70, 72, 76))
+    p.setColor(QPalette.ColorRole.Midlight, QColor(58, 60, 64))
+    p.setColor(QPalette.ColorRole.Mid, QColor(50, 52, 56))
+    p.setColor(QPalette.ColorRole.Dark, QColor(24, 25, 27))
+    p.setColor(QPalette.ColorRole.Shadow, QColor(12, 12, 14))
     for role in (
         QPalette.ColorRole.Text,
         QPalette.ColorRole.ButtonText,

@@ -145,7 +145,8 @@ class MainWindow(QMainWindow):
         outer.addWidget(self.sidebar)
         line = QFrame()
         line.setFrameShape(QFrame.Shape.VLine)
-        line.setFrameShadow(QFrame.Shadow.Sunken)
+        line.setFrameShadow(QFrame.Shadow.Plain)
+        line.setStyleSheet("color: palette(mid);")  # a sunken line glares in the dark theme
         outer.addWidget(line)
         right = QVBoxLayout()
         right.setContentsMargins(0, 0, 0, 0)

@@ -258,6 +258,7 @@ class ContainersPage(QWidget):
         self._select_when_seen: str | None = None
         self._running_ops = 0
         self.details: QWidget | None = None
+        self.details_scroll: QScrollArea | None = None
 
         self._build_ui()
         self._stats_timer = QTimer(self)
@@ -385,6 +386,7 @@ class ContainersPage(QWidget):
         self.details_layout = QVBoxLayout(self.details_box)
         self.details_layout.setContentsMargins(0, 0, 0, 0)
         self.splitter.addWidget(self.details_box)
+        self.splitter.setChildrenCollapsible(False)
         self.splitter.setStretchFactor(0, 3)
         self.splitter.setStretchFactor(1, 2)
         self.splitter.setSizes([420, 260])
@@ -402,12 +404,26 @@ class ContainersPage(QWidget):
         if not isinstance(widget, ContainerDetails):
             log.error("details widget %r has no show_container(); using the summary", widget)
             widget = ContainerSummary(self.model)
-        if self.details is not None:
-            self.details_layout.removeWidget(self.details)
-            self.details.deleteLater()
+        if self.details_scroll is not None:
+            self.details_layout.removeWidget(self.details_scroll)
+            self.details_scroll.deleteLater()
         self.details = widget
-        self.details_layout.addWidget(widget)
+        # In a scroll area, so a details widget with a tall minimum size cannot squeeze
+        # the table: the splitter decides the height, the details scroll if they must.
+        self.details_scroll = QScrollArea()
+        self.details_scroll.setWidgetResizable(True)
+        self.details_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.details_scroll.setWidget(widget)
+        self.details_layout.addWidget(self.details_scroll)
         widget.show_container(self._single_selected_id())
+        # A details widget with a tall size hint must not squeeze the table: keep the
+        # table at about 55 % of the height.
+        QTimer.singleShot(0, self._balance_splitter)
+
+    def _balance_splitter(self) -> None:
+        total = sum(self.splitter.sizes())
+        if total > 0:
+            self.splitter.setSizes([int(total * 0.55), total - int(total * 0.55)])
 
     # ---- session -------------------------------------------------------------------------
     def _set_session(self, session: EngineSession | None) -> None:
