@@ -313,10 +313,13 @@ class PortForwarder:
                 )
 
     def _open(self, fwd: _Forward) -> None:
+        where = _display(fwd.host_address, fwd.host_port)
         try:
             primary = _bind(fwd.host_address, fwd.host_port)
+        except OverflowError:  # only reachable through host_port_offset
+            fwd.state = f"error: {where} is not a TCP port"
+            return
         except OSError as exc:
-            where = _display(fwd.host_address, fwd.host_port)
             if exc.errno == errno.EADDRINUSE:
                 fwd.state = f"conflict: {where} is in use by another program"
             elif exc.errno == errno.EACCES:

@@ -369,3 +369,13 @@ def test_publish_unpublish_cycles_leak_nothing() -> None:
     assert wait_for(lambda: _fds() <= base_fds), (base_fds, _fds())
     assert listening(port) == []
     fwd.stop()
+
+
+def test_offset_past_the_last_port_is_an_error_row() -> None:
+    fwd = PortForwarder(FakeSSH(), "unix:///nonexistent", host_port_offset=70000)
+    try:
+        fwd.on_diff(added(container("v1", (PortBinding(80, "tcp", "", 8080),))))
+        (row,) = fwd.table()
+        assert row.state == "error: 127.0.0.1:78080 is not a TCP port"
+    finally:
+        fwd.stop()
