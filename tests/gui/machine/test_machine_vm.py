@@ -211,6 +211,28 @@ def test_resources_are_charted_while_visible(page: MachinePage, qtbot: QtBot) ->
     assert page.polling
 
 
+@pytest.mark.timeout(900)
+def test_restart_reconnects_the_console(page: MachinePage, qtbot: QtBot) -> None:
+    first_pid = (page.status or {}).get("pid")
+    assert first_pid
+    qtbot.waitUntil(lambda: page.restart_button.isEnabled(), timeout=STEP_MS)
+    page.restart_button.click()
+    qtbot.waitUntil(
+        lambda: (page.state == "running" and not page._busy
+                 and (page.status or {}).get("pid") not in (None, first_pid))
+        or page.overview.failure.isVisible(),
+        timeout=BOOT_MS,
+    )
+    assert page.overview.failure.isHidden(), page.overview.failure.details_text()
+    console = page.console
+    qtbot.waitUntil(lambda: console.connected and console.run_id != first_pid,
+                    timeout=STEP_MS)
+    qtbot.waitUntil(lambda: "the VM was restarted" in screen_text(console), timeout=STEP_MS)
+    text = screen_text(console)
+    # The new run's boot was replayed after the marker.
+    assert "Linux version" in text[text.rindex("the VM was restarted"):]
+
+
 @pytest.mark.timeout(300)
 def test_stop_from_the_page(page: MachinePage, qtbot: QtBot) -> None:
     qtbot.waitUntil(lambda: page.stop_button.isEnabled(), timeout=STEP_MS)
@@ -252,4 +274,31 @@ def test_boot_failure_with_a_corrupt_kernel(qapp: QApplication, qtbot: QtBot,
             assert "kernel" in failure.qemu_output.text().lower()
         qtbot.waitUntil(lambda: widget.start_button.isEnabled(), timeout=STEP_MS)
         assert widget.state in ("stopped", "crashed")
+        widget.shutdown()
+
+
+@pytest.mark.timeout(300)
+def test_reset_keeping_the_data_disk_with_a_real_berthd(
+    qapp: QApplication, qtbot: QtBot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with private_home() as home:
+        DaemonClient().call("machine.init", {"name": "default", "cpus": 1,
+                                             "memory_mib": 768, "disk_gib": 6})
+        paths = MachinePaths.for_machine("default", home)
+        disk_inode = paths.data_disk.stat().st_ino
+        (paths.state_dir / "console.log").write_text("old boot\n")
+        widget = MachinePage(None)
+        qtbot.addWidget(widget)
+        widget.show()
+        qtbot.waitUntil(lambda: widget.state == "stopped", timeout=60_000)
+        monkeypatch.setattr(widget, "ask_reset", lambda: "keep")
+        qtbot.waitUntil(lambda: widget.reset_button.isEnabled(), timeout=60_000)
+        widget.reset_button.click()
+        qtbot.waitUntil(lambda: "Reset done" in widget.message.text()
+                        or "failed" in widget.message.text(), timeout=120_000)
+        assert "data disk was kept" in widget.message.text()
+        assert paths.data_disk.stat().st_ino == disk_inode
+        assert not (paths.state_dir / "console.log").exists()
+        spec = DaemonClient().call("machine.spec", {"name": "default"})
+        assert (spec["cpus"], spec["memory_mib"], spec["disk_gib"]) == (1, 768, 6)
         widget.shutdown()
