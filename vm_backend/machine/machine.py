@@ -444,9 +444,14 @@ class Machine:
             if proc.exited:
                 code = proc.exit_code
                 tail = proc.log_tail(5)
-                reason = KVM_INTERNAL_ERROR if KVM_INTERNAL_ERROR in tail else (
-                    f"stopped because QEMU exited (code {code})"
-                )
+                if KVM_INTERNAL_ERROR in tail:
+                    reason = KVM_INTERNAL_ERROR
+                elif self._shutdown_reason == "guest-reset":
+                    reason = "stopped: the guest rebooted or its kernel panicked"
+                elif self._shutdown_reason == "guest-shutdown":
+                    reason = "stopped: the guest powered itself off"
+                else:
+                    reason = f"stopped because QEMU exited (code {code})"
                 raise timeline.fail(self._current_stage(timeline), reason, self._console_tail())
             if self._unexpected_stop.is_set():
                 self._unexpected_stop.clear()
@@ -599,6 +604,8 @@ class Machine:
             # The guest powered off (or rebooted, which -no-reboot turns into an exit).
             reason = str(event.data.get("reason", ""))
             self._shutdown_reason = reason
+            if self._state is MachineState.STARTING:
+                return  # the boot waiter reports it, with this reason
             self._requested_stop = self._requested_stop or reason != "guest-reset"
             if self._state is not MachineState.STOPPING and self._requested_stop:
                 self._set_state(MachineState.STOPPING, f"guest shut down ({reason})")

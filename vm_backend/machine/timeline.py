@@ -131,6 +131,13 @@ class BootFailure(BerthError):
         self.reason = reason
         self.console_tail = console_tail
 
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.console_tail:
+            last = self.console_tail.strip().splitlines()[-10:]
+            text += "\nLast console lines:\n" + "\n".join(last)
+        return text
+
 
 StageCallback = Callable[[StageRecord], None]
 

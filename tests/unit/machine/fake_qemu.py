@@ -5,9 +5,9 @@ It understands just enough of the argv Berth builds (``-chardev socket,id=qmp|co
 paths: greeting, capabilities, query-status, cont (prints the boot markers), stop,
 system_powerdown (exits like a guest that powers off), quit, human-monitor-command.
 Kernel-command-line words change its behaviour: ``fake.fail=<stage>``,
-``fake.ignore_powerdown``, ``fake.hang`` (no stage after the kernel). Under
-``-accel kvm`` it plays a broken KVM: it prints "KVM internal error" and stops the VM,
-like QEMU does.
+``fake.ignore_powerdown``, ``fake.hang`` (no stage after the kernel), ``fake.reset``
+(a panic at boot). Under ``-accel kvm`` it plays a broken KVM: it prints "KVM internal
+error" and stops the VM, like QEMU does.
 """
 
 from __future__ import annotations
@@ -115,6 +115,9 @@ class FakeQemu:
         self._say(b"[    0.000000] Linux version 6.1.0-fake\r\n")
         if "fake.hang" in words:
             return
+        if "fake.reset" in words:  # a kernel panic with panic=-1 under -no-reboot
+            self.event("SHUTDOWN", {"guest": True, "reason": "guest-reset"})
+            self._exit()
         for stage in STAGES:
             time.sleep(0.01)
             if words.get("fake.fail") == stage:

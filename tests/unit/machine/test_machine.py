@@ -177,6 +177,18 @@ def test_guest_failure_marker(home: Path, image: GuestImage) -> None:
         m.close()
 
 
+def test_guest_reset_during_boot_is_named(home: Path, image: GuestImage) -> None:
+    m = make(home, image, "fake.reset")
+    try:
+        with pytest.raises(BootFailure) as info:
+            m.start()
+        assert info.value.reason == "stopped: the guest rebooted or its kernel panicked"
+        assert "Last console lines:" in str(info.value)
+        assert "Linux version" in str(info.value)
+    finally:
+        m.close()
+
+
 def test_kvm_internal_error_falls_back_to_tcg_once(home: Path, image: GuestImage) -> None:
     m = make(home, image, accel=Accelerator.KVM)
     try:
