@@ -65,6 +65,14 @@ def _status_text(doc: dict[str, Any], out: TextIO) -> None:
         out.write(f"QEMU:         pid {doc['pid']}, RSS {res['qemu_rss_bytes'] // 2**20} MiB\n")
     if doc.get("uptime_s"):
         out.write(f"Uptime:       {doc['uptime_s']:.0f} s\n")
+    ports = doc.get("ports") or []
+    if ports:
+        out.write("Published ports:\n")
+        for p in ports:
+            out.write(
+                f"  {p['host_address']}:{p['host_port']} -> {p['container_name']}:"
+                f"{p['guest_port']}/{p['protocol']}  {p['state']}\n"
+            )
     stages = [s for s in doc.get("timeline") or [] if s.get("state") != "pending"]
     if stages:
         out.write("Boot timeline:\n")
