@@ -317,9 +317,10 @@ class SettingsPanel(QWidget):
         self.accel.currentIndexChanged.connect(self._edited)
         self.shares.changed.connect(self._edited)
         self.save_button.clicked.connect(self._save)
-        self.revert_button.clicked.connect(lambda: self.set_spec(self.spec, self.running))
+        self.revert_button.clicked.connect(self._revert)
         self.restart_button.clicked.connect(self.restart_requested)
-        self._edited()
+        self._saving = False
+        self._check()
 
     def set_spec(self, spec: dict[str, Any], running: bool) -> None:
         """Show ``spec`` (the one on disk); discards unsaved edits."""
@@ -336,13 +337,14 @@ class SettingsPanel(QWidget):
         for widget in (self.cpus, self.memory, self.disk, self.accel):
             widget.blockSignals(False)
         self.shares.set_shares(values.shares)
-        self._edited()
+        self._check()
 
     def set_running(self, running: bool) -> None:
+        """The VM's state changed (status polls call this often: it keeps the message)."""
         self.running = running
         if not running:
             self.restart_button.hide()
-        self._edited()
+        self._check()
 
     def values(self) -> SettingsValues:
         return SettingsValues(
@@ -362,6 +364,7 @@ class SettingsPanel(QWidget):
 
     def saved(self, spec: dict[str, Any]) -> None:
         """berthd accepted the changes."""
+        self._saving = False
         self.set_spec(spec, self.running)
         if self.running:
             self.message.setText(
@@ -373,23 +376,34 @@ class SettingsPanel(QWidget):
             self.message.setText(self.tr("Saved. The changes apply at the next start."))
 
     def save_failed(self, text: str) -> None:
-        self._edited()
+        self._saving = False
+        self._check()
         self.message.setText(self.tr("Not saved: {0}").format(text))
 
-    def _edited(self) -> None:
+    def _check(self) -> bool:
+        """Show the problems and enable the buttons; whether there are unsaved changes."""
         problems = self.current_problems() if self.spec else []
         self.problems.setText("\n".join(problems))
         self.problems.setVisible(bool(problems))
         dirty = bool(self.changes())
-        self.save_button.setEnabled(dirty and not problems)
-        self.revert_button.setEnabled(dirty)
+        self.save_button.setEnabled(dirty and not problems and not self._saving)
+        self.revert_button.setEnabled(dirty and not self._saving)
         self.setEnabled(bool(self.spec))
-        if dirty:
+        return dirty
+
+    def _edited(self) -> None:
+        # Only the user's edits say "unsaved": a status poll must not overwrite an answer.
+        if self._check():
             self.message.setText(self.tr("Unsaved changes; they apply at the next start."))
+
+    def _revert(self) -> None:
+        self.set_spec(self.spec, self.running)
+        self.message.setText("")
 
     def _save(self) -> None:
         changes = self.changes()
-        if changes and not self.current_problems():
-            self.save_button.setEnabled(False)
+        if changes and not self.current_problems() and not self._saving:
+            self._saving = True
+            self._check()
             self.message.setText(self.tr("Saving…"))
             self.save_requested.emit(changes)

@@ -296,6 +296,12 @@ def test_settings_refusal_is_shown(qtbot: QtBot, fake_daemon: FakeDaemon) -> Non
     qtbot.waitUntil(lambda: "Not saved" in panel.message.text(), timeout=WAIT)
     assert "qemu-img failed" in panel.message.text()
     assert panel.save_button.isEnabled()
+    # Status reads (every 100 ms here) keep the answer on screen.
+    count = fake_daemon.methods().count("machine.list")
+    page.refresh()
+    qtbot.waitUntil(lambda: fake_daemon.methods().count("machine.list") > count, timeout=WAIT)
+    qtbot.wait(50)
+    assert "Not saved" in panel.message.text()
 
 
 def test_shares_add_remove_saved_with_machine_set(qtbot: QtBot, fake_daemon: FakeDaemon,
