@@ -43,7 +43,8 @@ ARCHES = {
     },
     "arm64": {
         "qemu": "qemu-system-aarch64",
-        "machine": ["-machine", "virt", "-cpu", "max", "-accel", "tcg"],
+        # pauth-impdef: QEMU's cheap pointer-authentication algorithm (TCG speed).
+        "machine": ["-machine", "virt", "-cpu", "max,pauth-impdef=on", "-accel", "tcg"],
         "console": "ttyAMA0",
     },
 }
