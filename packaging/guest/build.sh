@@ -180,13 +180,16 @@ base_tar="$cache_dir/base-$suite-$arch-$base_key.tar"
 if [[ $refresh -eq 1 || ! -s "$base_tar" ]]; then
     log "creating base root filesystem for $arch with mmdebstrap (this downloads packages)"
     rm -f "$base_tar.tmp"
-    mmdebstrap \
+    # The hook gets its inputs from the environment (mmdebstrap keeps it), so no
+    # path is ever spliced into the hook's shell text.
+    # shellcheck disable=SC2016 # $1 and the variables expand in the hook's shell
+    BERTH_FETCH_KERNEL="$here/fetch-kernel.sh" BERTH_ARCH="$arch" mmdebstrap \
         --mode=root --variant=minbase --arch="$arch" --format=tar \
         --aptopt='APT::Install-Recommends "false"' \
         --aptopt='Acquire::Retries "3"' \
         "${dpkg_opts[@]}" \
         --include="$include" \
-        --customize-hook="\"$here/fetch-kernel.sh\" \"\$1\" $arch" \
+        --customize-hook='"$BERTH_FETCH_KERNEL" "$1" "$BERTH_ARCH"' \
         "$suite" "$base_tar.tmp" \
         "deb $mirror $suite main" \
         "deb $mirror $suite-updates main" \

@@ -4,12 +4,14 @@
 ``packaging/guest/build.sh`` (``vmlinuz``, ``initrd.img``, ``rootfs.squashfs``,
 ``manifest.json``). It looks, in order, at:
 
-* ``BERTH_GUEST_IMAGE_DIR`` (an image directory built elsewhere);
-* ``packaging/guest/out/amd64`` in this checkout.
+* ``BERTH_GUEST_IMAGE_DIR`` (``BERTH_GUEST_IMAGE_DIR_ARM64`` for arm64), if set;
+* ``packaging/guest/out/<arch>`` in this checkout.
 
-With ``BERTH_BUILD_GUEST=1`` it first runs ``build.sh`` (cached: it returns at once when
-the recipe is unchanged and the outputs are intact). Without it, a missing image skips
-the test with the command that builds it. ``arm64_guest_image`` is the same for arm64.
+With ``BERTH_BUILD_GUEST=1`` it first runs ``build.sh --out <that directory>`` (cached: it
+returns at once when the recipe is unchanged and the outputs are intact, so pointing
+``BERTH_GUEST_IMAGE_DIR`` at a directory outside the checkout keeps the image across
+fresh clones). Without it, a missing image skips the test with the command that builds
+it. ``arm64_guest_image`` is the same for arm64.
 """
 
 from __future__ import annotations
@@ -40,9 +42,10 @@ def _image_complete(directory: Path, arch: str) -> bool:
 
 
 def _locate_or_build(arch: str) -> Path:
-    override = os.environ.get("BERTH_GUEST_IMAGE_DIR") if arch == "amd64" else None
+    variable = "BERTH_GUEST_IMAGE_DIR" if arch == "amd64" else "BERTH_GUEST_IMAGE_DIR_ARM64"
+    override = os.environ.get(variable)
     directory = Path(override) if override else REPO / "packaging" / "guest" / "out" / arch
-    if os.environ.get("BERTH_BUILD_GUEST") and not override:
+    if os.environ.get("BERTH_BUILD_GUEST"):
         if os.geteuid() != 0:
             pytest.skip("BERTH_BUILD_GUEST is set but building the guest image needs root")
         missing = [t for t in ("mmdebstrap", "mksquashfs", "cpio") if shutil.which(t) is None]
@@ -66,7 +69,8 @@ def _locate_or_build(arch: str) -> Path:
     if not _image_complete(directory, arch):
         pytest.skip(
             f"no {arch} guest image in {directory}: build it with "
-            f"`sudo bash packaging/guest/build.sh --arch {arch}` or set BERTH_BUILD_GUEST=1"
+            f"`sudo bash packaging/guest/build.sh --arch {arch} --out {directory}` "
+            "or set BERTH_BUILD_GUEST=1"
         )
     return directory
 
