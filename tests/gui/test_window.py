@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,9 @@ class PrivateDockerd:
             "--bridge=none", "--iptables=false",
         ]
         log = open(self.base / "dockerd.log", "ab")  # noqa: SIM115 - owned by the process
+        if shutil.which("setpriv"):
+            # The daemon gets SIGTERM when the test process dies, however it dies.
+            argv = ["setpriv", "--pdeathsig", "TERM", *argv]
         self.proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
         log.close()
 
@@ -155,9 +159,8 @@ class PrivateDockerd:
 def private_dockerd(tmp_path_factory: pytest.TempPathFactory, qtbot: Any) -> Iterator[Any]:
     if shutil.which("dockerd") is None or os.geteuid() != 0:
         pytest.skip("needs dockerd and root to run a private engine")
-    # A short path: unix socket paths are limited to about 100 bytes.
-    base = Path(f"/tmp/berth-gui-dd-{os.getpid()}")
-    base.mkdir(exist_ok=True)
+    # A short path (unix socket paths are limited to about 100 bytes), fresh per test.
+    base = Path(tempfile.mkdtemp(prefix="berth-gui-dd-", dir="/tmp"))
     daemon = PrivateDockerd(base)
     daemon.start()
     try:
