@@ -12,7 +12,7 @@ from PySide6.QtGui import QColor, QGuiApplication, QPalette
 from PySide6.QtWidgets import QApplication
 
 _STYLE = """
-QListWidget#sidebar { border: none; padding-top: 6px; }
+QListWidget#sidebar { border: none; padding-top: 6px; outline: 0; }
 QListWidget#sidebar::item { padding: 7px 12px; border-radius: 4px; margin: 1px 6px; }
 QListWidget#sidebar::item:selected {
     background: palette(highlight); color: palette(highlighted-text);
