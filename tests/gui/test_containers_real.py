@@ -137,3 +137,35 @@ def test_podman_containers_appear_and_stop_from_the_table(
         except docker.errors.APIError:
             pass
         api.close()
+
+
+def test_project_actions_stop_and_remove_a_whole_compose_project(
+    qtbot: Any, ctx: Any, docker_url: str, docker_api: docker.APIClient
+) -> None:
+    page = _page(qtbot, ctx, docker_url, EngineKind.DOCKER)
+    project = f"berth-gui-{uuid.uuid4().hex[:6]}"
+    ids = []
+    for service in ("web", "db"):
+        created = docker_api.create_container(
+            TEST_IMAGE, command=["sh", "-c", 'trap "exit 0" TERM; sleep 3600 & wait'],
+            name=f"{project}-{service}-1",
+            labels={TEST_LABEL: "1", "com.docker.compose.project": project,
+                    "com.docker.compose.service": service},
+            host_config=docker_api.create_host_config(network_mode="none"),
+        )
+        docker_api.start(created["Id"])
+        ids.append(created["Id"])
+    qtbot.waitUntil(lambda: all(_state(page, i) == "running" for i in ids), timeout=20_000)
+    assert page.select_container(ids[0])
+    assert page.selected_project() == project and page.project_button.isEnabled()
+
+    with qtbot.waitSignal(page.action_finished, timeout=30_000) as done:
+        page.project_actions["stop"].trigger()
+    assert sorted(done.args[1]) == sorted(ids) and done.args[2] == []
+    qtbot.waitUntil(lambda: all(_state(page, i) == "exited" for i in ids), timeout=20_000)
+
+    page.ctx.settings.confirm_destructive = False
+    assert page.select_container(ids[1])
+    with qtbot.waitSignal(page.action_finished, timeout=30_000):
+        page.project_actions["remove"].trigger()
+    qtbot.waitUntil(lambda: all(page.model.row_of(i) < 0 for i in ids), timeout=20_000)
