@@ -242,6 +242,13 @@ class _Handler(socketserver.BaseRequestHandler):
             except OSError:
                 done.set()
 
+        def console_gone() -> None:
+            # QEMU went away: end the client's session instead of waiting on its socket.
+            done.set()
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+        console.on_closed(console_gone)
         sub = console.subscribe(out, replay=bool(params.get("replay", True)))
         try:
             if reader.buffer:

@@ -126,7 +126,8 @@ class BootFailure(BerthError):
     """The VM did not reach a stage: which one, why in plain words, and the console tail."""
 
     def __init__(self, stage: Stage, reason: str, hint: str, console_tail: str = "") -> None:
-        super().__init__(f"The VM did not finish booting: stage '{stage.value}' {reason}.", hint)
+        text = f"The VM did not finish booting: stage '{stage.value}' {reason.rstrip('.')}."
+        super().__init__(text, hint)
         self.stage = stage
         self.reason = reason
         self.console_tail = console_tail
