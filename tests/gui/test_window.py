@@ -123,7 +123,9 @@ class PrivateDockerd:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        # Own network namespace: a --bridge=none dockerd deletes the host's docker0 at start.
         argv = [
+            "unshare", "--net", "--",
             "dockerd", "--host", self.url, "--data-root", str(self.base / "root"),
             "--exec-root", str(self.base / "exec"), "--pidfile", str(self.base / "d.pid"),
             "--bridge=none", "--iptables=false",

@@ -223,7 +223,11 @@ class PrivateDockerd:
 
     def start(self, timeout: float = 30) -> None:
         self.proc = subprocess.Popen(
-            ["dockerd", "--host", self.url, "--data-root", str(self.root / "data"),
+            # Its own network namespace: a dockerd with --bridge=none deletes the host's
+            # docker0 interface at start (moby's removeDefaultBridgeInterface), which would
+            # break the shared dockerd's default network. unshare execs: same pid.
+            ["unshare", "--net", "--",
+             "dockerd", "--host", self.url, "--data-root", str(self.root / "data"),
              "--exec-root", str(self.root / "x"), "--pidfile", str(self.root / "docker.pid"),
              "--bridge=none", "--iptables=false", "--ip-masq=false", "--ip6tables=false"],
             stdout=self.log, stderr=self.log, start_new_session=True,

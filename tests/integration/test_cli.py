@@ -39,7 +39,7 @@ def engine(request: pytest.FixtureRequest):
     try:
         api = docker.APIClient(base_url=url, timeout=10)
         api.ping()
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - any failure: skip with the reason
         pytest.skip(f"{request.param} engine at {url} does not answer: {err}")
     created: list[str] = []
     yield url, api, created
@@ -60,7 +60,11 @@ def test_ps_json_lists_exactly_what_the_engine_lists(engine) -> None:
     tag = uuid.uuid4().hex[:8]
     for i in range(3):
         c = api.create_container(
-            _image(url), ["sleep", "60"], name=f"berth-cli-{tag}-{i}", labels={"berth.test": "cli"}
+            _image(url),
+            ["sleep", "60"],
+            name=f"berth-cli-{tag}-{i}",
+            labels={"berth.test": "cli"},
+            host_config=api.create_host_config(network_mode="none"),
         )
         created.append(c["Id"])
     api.start(created[0])
@@ -115,6 +119,7 @@ def test_lifecycle_verbs_and_logs(engine) -> None:
         ["sh", "-c", "echo hello-out; echo hello-err >&2; sleep 60"],
         name=name,
         labels={"berth.test": "cli"},
+        host_config=api.create_host_config(network_mode="none"),
     )
     created.append(c["Id"])
     assert _berth("--engine", url, "start", name).returncode == 0
