@@ -22,27 +22,6 @@ SCREENSHOT_TIMEOUT_MS = 15_000
 SCREENSHOT_SIZE = (1200, 760)
 
 
-def protect_none_refcount() -> None:
-    """Work around PySide6 6.12 on CPython 3.11: singletons returned without a reference.
-
-    Shiboken 6.12 returns ``None`` from void methods and ``True``/``False`` from signal
-    ``emit()`` without taking a new reference. That is harmless on Python 3.12+, where
-    these objects are immortal, but on 3.11 every call takes one reference away until
-    "Fatal Python error: none_dealloc" (or bool_dealloc): about 26 000 void calls in a
-    fresh interpreter; the 500-container benchmark hit it within minutes. Giving the three
-    singletons a vast number of spare references makes them as good as immortal, as on 3.12.
-    """
-    if sys.version_info >= (3, 12):
-        return
-    import ctypes
-
-    for singleton in (None, True, False):
-        # ob_refcnt is the first field of every PyObject in release builds.
-        refcount = ctypes.c_ssize_t.from_address(id(singleton))
-        if refcount.value < 1 << 40:
-            refcount.value += 1 << 50
-
-
 def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog="berth", description="The Berth window.")
     parser.add_argument(
@@ -57,7 +36,6 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Open the Berth window (or render screenshots); returns the exit status."""
     args, qt_args = _parse(sys.argv[1:] if argv is None else argv)
-    protect_none_refcount()
     if args.screenshot:
         # Screenshots must work on a headless machine.
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")

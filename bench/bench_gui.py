@@ -43,10 +43,6 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 import docker
 import psutil
 
-from app.main import protect_none_refcount
-
-protect_none_refcount()  # PySide6 6.12 on Python 3.11: see app.main
-
 BENCH_LABEL = "berth.bench"
 IMAGE = "berth-test/busybox:latest"
 DEFAULT_ENGINE = "unix:///var/run/docker.sock"

@@ -22,7 +22,6 @@ without any GUI.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import statistics
 import sys
@@ -31,13 +30,6 @@ from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-# PySide6 6.12.0 drops a reference to None/True/False on every void C++ call
-# under CPython 3.11 (3.12+ makes them immortal); a benchmark making a
-# million calls would abort. Same guard as tests/gui/widgets/conftest.py.
-if sys.version_info < (3, 12):
-    for _obj in (None, True, False):
-        ctypes.c_ssize_t.from_address(id(_obj)).value += 1 << 40
 
 import psutil
 import pyte

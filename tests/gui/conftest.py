@@ -25,7 +25,6 @@ import docker
 import pytest
 from PySide6.QtCore import QObject, Signal
 
-from app.main import protect_none_refcount
 from vm_backend.engine.errors import EngineError
 from vm_backend.engine.models import (
     Container,
@@ -38,10 +37,6 @@ from vm_backend.engine.models import (
     PortBinding,
 )
 from vm_backend.engine.monitor import Diff
-
-# PySide6 6.12 on Python 3.11 drops a reference to None on every void call; long GUI test
-# runs would end in "Fatal Python error: none_dealloc" (see protect_none_refcount).
-protect_none_refcount()
 
 DOCKER_SOCK = "/var/run/docker.sock"
 PODMAN_SOCK = "/run/podman/podman.sock"

@@ -54,18 +54,7 @@ def wait(condition: Callable[[], bool], seconds: float = 60.0) -> None:
         raise TimeoutError("the tab did not get there in time")
 
 
-def _pin_none() -> None:
-    """Work around PySide6 6.12 on Python 3.11: its void methods return None without a
-    reference, so None's count drains until the interpreter aborts (none_dealloc) at
-    exit. Python 3.12+ makes None immortal; there this does nothing."""
-    if sys.version_info < (3, 12):
-        import ctypes
-
-        ctypes.c_ssize_t.from_address(id(None)).value += 1 << 40
-
-
 def main() -> int:
-    _pin_none()
     app = QApplication.instance() or QApplication(sys.argv)
     client = EngineClient("unix:///var/run/docker.sock")
     api = client.api

@@ -26,7 +26,6 @@ from pathlib import Path
 
 from PySide6.QtWidgets import QApplication
 
-from app.main import protect_none_refcount
 from app.pages.machine import MachinePage
 from tests.gui.machine.test_machine_vm import IMAGE, private_home
 
@@ -53,8 +52,6 @@ def grab(app: QApplication, page: MachinePage, name: str) -> None:
 
 
 def main() -> int:
-    # PySide6 6.12 on Python 3.11 leaks references to None; the app does this at start.
-    protect_none_refcount()
     app = QApplication.instance() or QApplication(sys.argv)
     assert isinstance(app, QApplication)
     OUT.mkdir(parents=True, exist_ok=True)

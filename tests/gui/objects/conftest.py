@@ -29,14 +29,6 @@ from app.session import EngineSession
 from vm_backend.engine.models import Endpoint, EndpointSource, EndpointStatus, EngineKind
 from vm_backend.settings import Settings
 
-# PySide6 6.12.0 on CPython 3.11 returns None/True/False from C++ calls without taking a
-# reference (as if they were immortal, which they are only from 3.12): every
-# ``label.setText()`` drops None's refcount by one, every ``signal.emit()`` True's. A long
-# GUI run drives them to zero and the interpreter aborts ("none_dealloc", "bool_dealloc")
-# or crashes at random. Holding spare references keeps them alive for these tests;
-# the real fix is CPython >= 3.12 or another PySide6 release (reported to the lead).
-_SINGLETON_BANK = ([None] * 4_000_000, [True] * 2_000_000, [False] * 2_000_000)
-
 ENGINES = {
     "docker": ("unix:///var/run/docker.sock", EngineKind.DOCKER),
     "podman": ("unix:///run/podman/podman.sock", EngineKind.PODMAN),
