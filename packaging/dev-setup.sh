@@ -12,8 +12,11 @@ export DEBIAN_FRONTEND=noninteractive
 packages=(
   # engines Berth manages on Linux, and their runtime
   docker.io podman runc docker-compose
-  # the helper VM: QEMU, images and the guest-image build
-  qemu-system-x86 qemu-utils debootstrap squashfs-tools e2fsprogs cpio busybox-static
+  # the helper VM: QEMU, images and the guest-image build (packaging/guest/README.md)
+  qemu-system-x86 qemu-system-arm qemu-utils mmdebstrap debian-archive-keyring
+  squashfs-tools e2fsprogs cpio gzip kmod busybox-static
+  # arm64 guest builds on an amd64 host
+  qemu-user-static binfmt-support arch-test
   # real SSH server for the transport tests; curl for service checks
   openssh-server openssh-client curl iproute2 util-linux
   # Qt (PySide6 wheels) runtime libraries and a font
