@@ -50,8 +50,7 @@ ln -sf /proc/self/fd/2 /dev/stderr
     cat /sys/bus/virtio/devices/*/modalias
     grep -h '^of:' /sys/bus/platform/devices/*/modalias
 } 2>/dev/null | sort -u > "$BERTH_RUN/modaliases"
-# shellcheck disable=SC2046 # one word per alias
-modprobe -qab $(cat "$BERTH_RUN/modaliases") evdev button ext4 2>/dev/null
+xargs modprobe -qab evdev button ext4 < "$BERTH_RUN/modaliases" 2>/dev/null
 
 # Per-VM configuration from QEMU fw_cfg: keep a root-only copy for the agent.
 modprobe -q qemu_fw_cfg 2>/dev/null
