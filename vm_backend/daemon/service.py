@@ -40,7 +40,9 @@ PING_TIMEOUT = 10.0
 def image_search_path(arch: Arch) -> list[Path]:
     """Where the guest image may be: an override, the bundle, the user's data, the build."""
     out: list[Path] = []
-    override = os.environ.get("BERTH_GUEST_IMAGE")
+    # The same variables the VM tests use (tests/vm/conftest.py).
+    variable = "BERTH_GUEST_IMAGE_DIR" if arch is Arch.AMD64 else "BERTH_GUEST_IMAGE_DIR_ARM64"
+    override = os.environ.get(variable)
     if override:
         out.append(Path(override))
     bundle = getattr(sys, "_MEIPASS", None)

@@ -78,7 +78,7 @@ def main() -> int:
         broken = Path(tmp) / "image"
         shutil.copytree(IMAGE, broken)
         (broken / "vmlinuz").write_bytes(os.urandom(1 << 20))
-        with private_home(BERTH_GUEST_IMAGE=str(broken)):
+        with private_home(BERTH_GUEST_IMAGE_DIR=str(broken)):
             page = MachinePage(None)
             page.resize(1180, 900)
             page.show()

@@ -251,7 +251,7 @@ def test_boot_failure_with_a_corrupt_kernel(qapp: QApplication, qtbot: QtBot,
     broken = tmp_path / "image"
     shutil.copytree(IMAGE, broken)
     (broken / "vmlinuz").write_bytes(os.urandom(1 << 20))
-    with private_home(BERTH_GUEST_IMAGE=str(broken)):
+    with private_home(BERTH_GUEST_IMAGE_DIR=str(broken)):
         widget = MachinePage(None)
         qtbot.addWidget(widget)
         widget.resize(1100, 900)
