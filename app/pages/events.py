@@ -197,6 +197,7 @@ class EventsPage(QWidget):
         self.clear_button.clicked.connect(self._clear)
         ctx.session_changed.connect(self._attach)
         self._attach(ctx.session)
+        self._update_count()
 
     def _attach(self, session: EngineSession | None) -> None:
         if self._session is not None:
@@ -207,7 +208,9 @@ class EventsPage(QWidget):
         self._session = session
         if session is not None:
             session.events.connect(self.add_events)
-            self.note.setText(f"Live from {session.endpoint.name} ({session.endpoint.url}).")
+            ep = session.endpoint
+            where = ep.url if ep.name == ep.url else f"{ep.name} ({ep.url})"
+            self.note.setText(f"Live from {where}.")
         else:
             self.note.setText("No engine: events appear once one answers.")
 
