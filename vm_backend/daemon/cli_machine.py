@@ -228,8 +228,11 @@ def _ssh(args: argparse.Namespace, out: TextIO) -> int:
     ssh = GuestSSH(int(port), keys.client.private_path, keys.host.public_openssh)
     ssh.connect()
     try:
-        if args.cmd:
-            result = ssh.exec(list(args.cmd))
+        cmd = list(args.cmd)
+        if cmd[:1] == ["--"]:
+            cmd = cmd[1:]  # argparse.REMAINDER keeps the separator
+        if cmd:
+            result = ssh.exec(cmd)
             sys.stdout.buffer.write(result.out)
             sys.stderr.buffer.write(result.err)
             return int(result.rc)
