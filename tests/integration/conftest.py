@@ -33,7 +33,10 @@ TEST_IMAGE = os.environ.get("BERTH_TEST_IMAGE", "berth-test/busybox:latest")
 TEST_LABEL = ("berth.test", "engine")
 ENGINES = {"docker": DOCKER_URL, "podman": PODMAN_URL}
 
-os.environ.setdefault("CONTAINERS_CONF", "/work/main/.ci/containers.conf")
+# Podman's CLI (used by some tests) needs the settings this machine requires.
+os.environ.setdefault(
+    "CONTAINERS_CONF", str(Path(__file__).resolve().parents[2] / ".ci" / "containers.conf")
+)
 
 
 def ping_socket(url: str, timeout: float = 2.0) -> str:
