@@ -24,21 +24,13 @@ from vm_backend.engine.discovery import choose, discover, probe
 from vm_backend.engine.models import Container, Endpoint, EndpointSource
 from vm_backend.errors import BerthError
 from vm_backend.settings import Settings
+from vm_backend.units import human_size
 
 JSON_SCHEMA_VERSION = 1
 
 
 class CliError(BerthError):
     """A problem with what was asked on the command line."""
-
-
-def _human_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
-        size /= 1000
-    return f"{n}B"
 
 
 def _ago(epoch: float) -> str:
@@ -185,7 +177,7 @@ def cmd_images(args: argparse.Namespace, out: TextIO) -> int:
                     _plain(name),
                     i.short_id,
                     _ago(i.created),
-                    _human_size(i.size),
+                    human_size(i.size),
                     str(max(i.containers, 0)),
                 ]
             )

@@ -33,10 +33,11 @@ from PySide6.QtWidgets import (
 )
 
 from app.bridge import Op, user_message
-from app.models.images import format_time, human_size, safe_tooltip
+from app.models.images import format_time, safe_tooltip
 from vm_backend.engine.models import HistoryEntry
 from vm_backend.engine.specs import parse_image_ref
 from vm_backend.errors import InputError
+from vm_backend.units import human_size
 
 if TYPE_CHECKING:
     from vm_backend.engine.client import EngineClient

@@ -29,10 +29,10 @@ from PySide6.QtWidgets import (
 
 from app.bridge import Op, user_message
 from app.dialogs.image_ops import ErrorLabel, plain_label
-from app.models.images import human_size
 from vm_backend.engine.models import PullProgress
 from vm_backend.engine.specs import parse_image_ref
 from vm_backend.errors import InputError
+from vm_backend.units import human_size
 
 if TYPE_CHECKING:
     from vm_backend.engine.client import EngineClient

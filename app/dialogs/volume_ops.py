@@ -35,7 +35,7 @@ from PySide6.QtWidgets import (
 
 from app.bridge import Op, user_message
 from app.dialogs.image_ops import RIGHT, ErrorLabel, TaskRow, plain_label, show_error
-from app.models.images import format_time, human_size, safe_tooltip
+from app.models.images import format_time, safe_tooltip
 from vm_backend.engine.volume_helper import (
     VolumeEntry,
     clean_path,
@@ -44,6 +44,7 @@ from vm_backend.engine.volume_helper import (
     upload_to_volume,
 )
 from vm_backend.errors import InputError
+from vm_backend.units import human_size
 
 if TYPE_CHECKING:
     from vm_backend.engine.client import EngineClient

@@ -31,6 +31,7 @@ from PySide6.QtCore import (
 )
 
 from vm_backend.engine.models import Container, Image
+from vm_backend.units import human_size
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +41,6 @@ Index = QModelIndex | QPersistentModelIndex
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1
 ITEM_ROLE = Qt.ItemDataRole.UserRole + 2
 KEY_ROLE = Qt.ItemDataRole.UserRole + 3
-
-
-def human_size(n: int) -> str:
-    """Bytes as a short text (decimal units, like the docker CLI); "" for unknown (<0)."""
-    if n < 0:
-        return ""
-    size = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{n} B"
 
 
 def safe_tooltip(text: str) -> str:

@@ -13,8 +13,9 @@ from typing import Any
 
 from PySide6.QtCore import QObject
 
-from app.models.images import Column, KeyedTableModel, human_size
+from app.models.images import Column, KeyedTableModel
 from vm_backend.engine.models import Volume
+from vm_backend.units import human_size
 
 VOLUME_COLUMNS: tuple[Column[Volume], ...] = (
     Column("Name", lambda v: v.name, tooltip=lambda v: v.name),

@@ -29,18 +29,10 @@ from app.pages.registry import register_page
 from app.session import EngineSession
 from vm_backend.engine.client import EngineClient
 from vm_backend.engine.models import ContainerState, DiskUsage, PruneResult
+from vm_backend.units import human_size
 
 if TYPE_CHECKING:
     from app.context import AppContext
-
-
-def human(n: int) -> str:
-    size = float(max(0, n))
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{n} B"
 
 
 @dataclass(frozen=True)
@@ -59,7 +51,7 @@ class PrunePlan:
         ):
             lines.append(f"{title} ({len(items)}):")
             lines += [f"  {i}" for i in items] or ["  none"]
-        lines.append(f"Build cache: {human(self.build_cache)} unused")
+        lines.append(f"Build cache: {human_size(self.build_cache)} unused")
         return "\n".join(lines)
 
     @property
@@ -193,12 +185,17 @@ class DiskPage(QWidget):
 
     def _show(self, usage: DiskUsage) -> None:
         for row, item in enumerate(usage.items, start=1):
-            values = (str(item.total), str(item.active), human(item.size), human(item.reclaimable))
+            values = (
+                str(item.total),
+                str(item.active),
+                human_size(item.size),
+                human_size(item.reclaimable),
+            )
             for col, text in enumerate(values, start=1):
                 self.cells[(row, col)].setText(text)
         total = sum(i.size for i in usage.items)
         reclaim = sum(i.reclaimable for i in usage.items)
-        self.state.setText(f"{human(total)} in use, {human(reclaim)} reclaimable.")
+        self.state.setText(f"{human_size(total)} in use, {human_size(reclaim)} reclaimable.")
 
     def show_preview(self) -> None:
         session = self.session
@@ -242,7 +239,7 @@ class DiskPage(QWidget):
             count = sum(len(r.deleted) for r in results)
             self._plan = None
             self.preview.clear()
-            self.state.setText(f"Removed {count} objects, reclaimed {human(freed)}.")
+            self.state.setText(f"Removed {count} objects, reclaimed {human_size(freed)}.")
             self.refresh()
 
         Op(

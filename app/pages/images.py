@@ -51,11 +51,11 @@ from app.models.images import (
     ImageTableModel,
     KeyedTableModel,
     ObjectFilterProxy,
-    human_size,
 )
 from app.pages.registry import register_page
 from vm_backend.engine.models import Container, PruneResult
 from vm_backend.engine.monitor import Diff
+from vm_backend.units import human_size
 
 if TYPE_CHECKING:
     from app.context import AppContext

@@ -25,7 +25,6 @@ from PySide6.QtWidgets import QFileDialog, QWidget
 from app.bridge import Op
 from app.dialogs.image_ops import TaskRow, show_error
 from app.dialogs.volume_ops import CreateVolumeDialog, VolumeBrowser
-from app.models.images import human_size
 from app.models.volumes import VolumeTableModel
 from app.pages.images import MAX_NAMES, ObjectPage, prune_text, soon
 from app.pages.registry import register_page
@@ -37,6 +36,7 @@ from vm_backend.engine.volume_helper import (
     import_volume,
     remove_stale_helpers,
 )
+from vm_backend.units import human_size
 
 if TYPE_CHECKING:
     from app.context import AppContext

@@ -11,7 +11,7 @@ import pytest
 from PySide6.QtWidgets import QApplication
 
 from app.context import AppContext
-from app.pages.disk import DiskPage, PrunePlan, human, plan_prune
+from app.pages.disk import DiskPage, PrunePlan, plan_prune
 from app.pages.engines import EnginesPage, validate_engine_url
 from app.pages.events import EventsModel, EventsPage
 from app.pages.settings import SettingsPage, autostart_file
@@ -20,6 +20,7 @@ from tests.gui.conftest import endpoint_for
 from vm_backend.engine.models import Event
 from vm_backend.errors import InputError
 from vm_backend.settings import Settings
+from vm_backend.units import human_size
 
 IMAGE = "berth-test/busybox:latest"
 
@@ -168,7 +169,8 @@ def test_events_page_live_from_dockerd(qtbot: Any, docker_url: str, docker_api: 
 
 # ---- disk ---------------------------------------------------------------------------------
 def test_human_sizes() -> None:
-    assert human(0) == "0 B" and human(1500) == "1.5 kB" and human(2_000_000_000) == "2.0 GB"
+    assert human_size(0) == "0 B" and human_size(1500) == "1.5 kB"
+    assert human_size(2_000_000_000) == "2.0 GB" and human_size(-1) == ""
 
 
 def test_disk_page_reads_real_usage_and_previews(
