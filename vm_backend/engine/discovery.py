@@ -21,6 +21,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import paramiko
 import requests.exceptions
 
 from vm_backend.engine.models import Endpoint, EndpointSource, EndpointStatus, EngineKind
@@ -189,6 +190,9 @@ def probe(name: str, url: str, source: EndpointSource, timeout: float = PROBE_TI
         return replace(base, **_classify(err, url, source))
     except (requests.exceptions.RequestException, OSError) as err:
         return replace(base, **_classify(err, url, source))
+    except paramiko.SSHException as err:
+        # ssh:// engines: docker-py's paramiko transport refuses unknown host keys.
+        return replace(base, **_classify_ssh(err, url))
     finally:
         if client is not None:
             client.close()
@@ -243,6 +247,28 @@ def _classify(err: BaseException, url: str, source: EndpointSource) -> dict[str,
         "status": EndpointStatus.NOT_ANSWERING,
         "reason": text.splitlines()[0][:300] if text else type(err).__name__,
         "hint": _start_hint(source),
+    }
+
+
+def _classify_ssh(err: Exception, url: str) -> dict[str, Any]:
+    text = str(err)
+    if "known_hosts" in text:
+        host = url.removeprefix("ssh://").split("@")[-1]
+        return {
+            "status": EndpointStatus.PERMISSION_DENIED,
+            "reason": f"the SSH host key of {host} is not in known_hosts",
+            "hint": "Check the host's key and record it (connect once with ssh), then retry.",
+        }
+    if isinstance(err, paramiko.AuthenticationException):
+        return {
+            "status": EndpointStatus.PERMISSION_DENIED,
+            "reason": f"SSH login refused: {text}",
+            "hint": "Check the user name and that your key is in the host's authorized_keys.",
+        }
+    return {
+        "status": EndpointStatus.NOT_ANSWERING,
+        "reason": f"SSH failed: {text}",
+        "hint": "Check the address and that sshd and docker run on the host.",
     }
 
 

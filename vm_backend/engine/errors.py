@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 import docker.errors
+import paramiko
 import requests.exceptions
 
 from vm_backend.errors import BerthError
@@ -72,6 +73,11 @@ def translate(err: BaseException, doing: str) -> EngineError:
             f"{doing}: the engine does not answer ({type(err).__name__})",
             "Check that the engine is running (berth engines), then retry.",
         )
+    if isinstance(err, paramiko.SSHException):
+        return EngineUnavailable(
+            f"{doing}: SSH to the engine's host failed: {err}",
+            "Check the host is in known_hosts and your key is authorised there.",
+        )
     if isinstance(err, docker.errors.DockerException):
         return EngineError(f"{doing}: {err}", "")
     return EngineError(f"{doing}: {type(err).__name__}: {err}", "")
@@ -84,7 +90,12 @@ def engine_call(doing: str) -> Iterator[None]:
         yield
     except EngineError:
         raise
-    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as err:
+    except (
+        docker.errors.DockerException,
+        requests.exceptions.RequestException,
+        OSError,
+        paramiko.SSHException,
+    ) as err:
         raise translate(err, doing) from err
 
 
