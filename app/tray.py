@@ -16,7 +16,12 @@ from PySide6.QtWidgets import QMenu, QSystemTrayIcon, QWidget
 
 from app.bridge import Op, user_message
 from app.session import EngineSession
+
+# Imported here, not in the worker that first needs them: an import still running on a
+# worker thread when the process exits crashed the interpreter.
+from vm_backend.daemon.client import DaemonClient
 from vm_backend.engine.models import Event
+from vm_backend.paths import berth_home
 
 if TYPE_CHECKING:
     from app.context import AppContext
@@ -42,9 +47,6 @@ def failure_message(event: Event) -> str | None:
 
 def _machine_status() -> dict[str, Any] | None:
     """The default VM's status from berthd, or None when no VM exists."""
-    from vm_backend.daemon.client import DaemonClient
-    from vm_backend.paths import berth_home
-
     if not (berth_home() / "machines" / "default" / "machine.json").exists():
         return None
     status: dict[str, Any] = DaemonClient().call("machine.status", {"name": "default"})
@@ -52,8 +54,6 @@ def _machine_status() -> dict[str, Any] | None:
 
 
 def _machine_call(method: str) -> Any:
-    from vm_backend.daemon.client import DaemonClient
-
     return DaemonClient().call(method, {"name": "default"})
 
 
