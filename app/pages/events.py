@@ -12,7 +12,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import (
-    QAbstractTableModel,
     QModelIndex,
     QPersistentModelIndex,
     QSortFilterProxyModel,
@@ -32,6 +31,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.models.simple_table import SimpleTableModel
 from app.pages.registry import register_page
 from app.session import EngineSession
 from vm_backend.engine.models import Event
@@ -52,7 +52,9 @@ def _details(event: Event) -> str:
     return ", ".join(parts)
 
 
-class EventsModel(QAbstractTableModel):
+class EventsModel(SimpleTableModel):
+    columns = COLUMNS
+
     def __init__(self, capacity: int = MAX_EVENTS, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.capacity = capacity
@@ -82,16 +84,8 @@ class EventsModel(QAbstractTableModel):
         self.events.clear()
         self.endRemoveRows()
 
-    def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self.events)
-
-    def columnCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(COLUMNS)
-
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = 0) -> Any:
-        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
-            return COLUMNS[section] if 0 <= section < len(COLUMNS) else None
-        return None
+    def row_count(self) -> int:
+        return len(self.events)
 
     def data(self, index: QModelIndex | QPersistentModelIndex, role: int = 0) -> Any:
         if not index.isValid() or not 0 <= index.row() < len(self.events):
