@@ -64,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.screenshot:
         return _screenshots(app, window, ctx, Path(args.screenshot))
-    from app.tray import app_icon, attach_tray
+    from app.icons import app_icon
+    from app.tray import attach_tray
 
     app.setWindowIcon(app_icon())
 

@@ -7,13 +7,13 @@ worker thread; the item is shown only when a helper VM exists.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QAction, QIcon
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon, QWidget
 
+from app import icons
 from app.bridge import Op, user_message
 from app.session import EngineSession
 
@@ -26,11 +26,9 @@ from vm_backend.paths import berth_home
 if TYPE_CHECKING:
     from app.context import AppContext
 
-ICON = Path(__file__).resolve().parent.parent / "assets" / "berth.svg"
-
-
 def app_icon() -> QIcon:
-    return QIcon(str(ICON)) if ICON.exists() else QIcon.fromTheme("application-x-executable")
+    """The window icon (kept here for callers; the icons live in app/icons.py)."""
+    return icons.app_icon()
 
 
 def failure_message(event: Event) -> str | None:
@@ -66,7 +64,7 @@ class BerthTray(QObject):
     def __init__(self, ctx: AppContext, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.ctx = ctx
-        self.icon = QSystemTrayIcon(app_icon(), self)
+        self.icon = QSystemTrayIcon(icons.tray_icon(), self)
         self.menu = QMenu()
         self.state_action = QAction("Engine: looking…", self.menu)
         self.state_action.setEnabled(False)
