@@ -1,51 +1,28 @@
 """The helper VM's serial console and SSH shells, each in a TerminalWidget.
 
 Both are byte streams behind blocking calls (a unix socket to berthd, a paramiko
-channel), so each open stream gets a :class:`StreamPump` with two threads, neither the
-GUI thread:
-
-* the reader opens the stream (connecting can take seconds on a loaded machine), then
-  reads; output is gathered in a buffer and handed to the GUI in one call for however
-  many reads happened before the GUI got to it (batched, never one signal per read);
-  when the view falls far behind, the reader waits rather than buffering without bound;
-* the writer sends keystrokes and resizes in the order they were made (the Op pool
-  would not keep the order, and a socket write must never block the GUI).
+channel); each open stream gets a :class:`~app.widgets.terminal_pump.StreamPump` (the
+container Terminal tab's pump too): a reader and a writer thread, batched output,
+back-pressure, keystrokes in order, never the GUI thread.
 """
 
 from __future__ import annotations
 
 import contextlib
-import queue
 import socket
-import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
-import shiboken6
-from PySide6.QtCore import QObject, QTimer, Signal
+from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QHBoxLayout, QToolButton, QVBoxLayout, QWidget
 
-from app.bridge import call_in_gui, user_message
 from app.pages.details._base import plain_label
 from app.widgets.terminal import TerminalWidget
+from app.widgets.terminal_pump import MAX_PENDING, Stream, StreamPump
 
-#: Output buffered for the GUI beyond which the reader pauses (back-pressure).
-MAX_PENDING = 1 << 20
-_RETRY_MS = 20
-_READ_SIZE = 65536
-
-
-class Stream(Protocol):
-    """A connected byte stream a pump can drive."""
-
-    def recv(self, size: int) -> bytes: ...
-
-    def send_all(self, data: bytes) -> None: ...
-
-    def resize(self, cols: int, rows: int) -> None: ...
-
-    def close(self) -> None: ...
+__all__ = ["MAX_PENDING", "ConsoleStream", "ConsoleTab", "ShellStream", "ShellTab",
+           "Stream", "StreamPump", "TerminalPane"]
 
 
 class ConsoleClient(Protocol):
@@ -109,155 +86,6 @@ class ShellStream:
         self._chan.close()
 
 
-class StreamPump:
-    """Opens a stream off the GUI thread and moves bytes between it and the GUI."""
-
-    def __init__(
-        self,
-        opener: Callable[[], Stream],
-        owner: QObject,
-        on_open: Callable[[], None],
-        on_output: Callable[[bytes], None],
-        on_end: Callable[[str], None],
-        backlog: Callable[[], int] = lambda: 0,
-        name: str = "stream",
-    ) -> None:
-        self._opener = opener
-        # Callbacks run on the GUI thread, and only while ``owner`` is alive.
-        self._owner = owner
-        self._on_open = on_open
-        self._on_output = on_output
-        self._on_end = on_end
-        self._backlog = backlog
-        self._lock = threading.Lock()
-        self._stream: Stream | None = None
-        self._pending = bytearray()
-        self._scheduled = False
-        self._drained = threading.Event()
-        self._drained.set()
-        self._stopped = threading.Event()
-        self._outbox: queue.SimpleQueue[bytes | tuple[int, int] | None] = queue.SimpleQueue()
-        self._reader = threading.Thread(target=self._read_loop, name=f"{name}-read", daemon=True)
-        self._writer = threading.Thread(target=self._write_loop, name=f"{name}-write", daemon=True)
-
-    def start(self) -> None:
-        self._reader.start()
-
-    @property
-    def closed(self) -> bool:
-        return self._stopped.is_set()
-
-    def write(self, data: bytes) -> None:
-        if data and not self._stopped.is_set():
-            self._outbox.put(data)
-
-    def resize(self, cols: int, rows: int) -> None:
-        if not self._stopped.is_set():
-            self._outbox.put((cols, rows))
-
-    def close(self) -> None:
-        """Hang up from any thread: the reader wakes with EOF and the writer ends."""
-        self._stopped.set()
-        self._drained.set()
-        self._outbox.put(None)
-        with self._lock:
-            stream = self._stream
-        if stream is not None:
-            with contextlib.suppress(Exception):
-                stream.close()
-
-    # ---- worker threads --------------------------------------------------------------
-    def _gui(self, fn: Callable[[], None]) -> None:
-        owner = self._owner
-
-        def guarded() -> None:
-            if shiboken6.isValid(owner):
-                fn()
-
-        call_in_gui(guarded)
-
-    def _read_loop(self) -> None:
-        try:
-            stream = self._opener()
-        except Exception as err:  # noqa: BLE001 - shown to the user as the reason
-            message = user_message(err)
-            self._stopped.set()
-            self._gui(lambda: self._on_end(message))
-            return
-        with self._lock:
-            self._stream = stream
-        if self._stopped.is_set():  # closed while connecting
-            with contextlib.suppress(Exception):
-                stream.close()
-            return
-        self._writer.start()
-        self._gui(self._on_open)
-        reason = ""
-        while True:
-            try:
-                data = stream.recv(_READ_SIZE)
-            except Exception as err:  # noqa: BLE001 - any read error ends the session
-                reason = "" if self._stopped.is_set() else user_message(err)
-                break
-            if not data:
-                break
-            with self._lock:
-                self._pending += data
-                schedule = not self._scheduled
-                self._scheduled = True
-                if len(self._pending) > MAX_PENDING:
-                    self._drained.clear()
-            if schedule:
-                self._gui(self._flush)
-            self._drained.wait()
-            if self._stopped.is_set():
-                break
-        self._outbox.put(None)
-        self._gui(lambda: self._finish(reason))
-
-    def _write_loop(self) -> None:
-        while True:
-            item = self._outbox.get()
-            if item is None or self._stopped.is_set():
-                return
-            stream = self._stream
-            if stream is None:
-                return
-            try:
-                if isinstance(item, bytes):
-                    stream.send_all(item)
-                else:
-                    stream.resize(*item)
-            except Exception:  # noqa: BLE001 - the reader reports the end of the session
-                if isinstance(item, bytes):
-                    return
-
-    # ---- GUI thread ------------------------------------------------------------------
-    def _flush(self, force: bool = False) -> None:
-        if not force and self._backlog() > MAX_PENDING and not self._stopped.is_set():
-            QTimer.singleShot(_RETRY_MS, self._flush)
-            return
-        with self._lock:
-            data = bytes(self._pending)
-            self._pending.clear()
-            self._scheduled = False
-            self._drained.set()
-        if data:
-            self._on_output(data)
-
-    def _finish(self, reason: str) -> None:
-        self._flush(force=True)
-        was_open = not self._stopped.is_set()
-        self._stopped.set()
-        with self._lock:
-            stream = self._stream
-        if stream is not None:
-            with contextlib.suppress(Exception):
-                stream.close()
-        if was_open:
-            self._on_end(reason)
-
-
 class TerminalPane(QWidget):
     """A TerminalWidget with a status line, wired to at most one :class:`StreamPump`."""
 
@@ -298,10 +126,10 @@ class TerminalPane(QWidget):
         holder: dict[str, StreamPump] = {}
         pump = StreamPump(
             opener,
-            self,
+            terminal.feed,
+            lambda reason: self._ended(holder["pump"], reason),
+            owner=self,
             on_open=lambda: self._opened(holder["pump"]),
-            on_output=terminal.feed,
-            on_end=lambda reason: self._ended(holder["pump"], reason),
             backlog=lambda: terminal.pending_bytes,
             name=name,
         )

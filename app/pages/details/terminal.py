@@ -1,24 +1,17 @@
 """The Terminal tab: an interactive shell in the container through an exec TTY.
 
-Three threads serve one session, none of them the GUI thread:
-
-* the connect runs on the Op pool (exec create/start are blocking HTTP calls);
-* a reader thread pumps ``session.read()`` into a buffer and schedules one GUI flush
-  for however many reads happen before the GUI gets to it (output is batched, never one
-  signal per read); when the GUI falls far behind, the reader waits instead of buffering
-  without bound;
-* a writer thread sends keystrokes and resizes in the order they were made. The Op pool
-  would not keep that order, and a socket write must never block the GUI thread.
+The exec is created on the Op pool (exec create/start are blocking HTTP calls); the open
+session is then driven by the shared terminal pump (:mod:`app.widgets.terminal_pump`,
+also the Machine page's console and shells): a reader thread with batched output and
+back-pressure, a writer thread keeping keystrokes and resizes in order. At the end of the
+stream the pump asks the engine for the exit code, still off the GUI thread.
 """
 
 from __future__ import annotations
 
-import queue
 import shlex
-import threading
 from collections.abc import Callable
 
-from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import (
     QComboBox,
     QHBoxLayout,
@@ -28,22 +21,37 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.bridge import Op, call_in_gui, user_message
+from app.bridge import Op, user_message
 from app.pages.details._base import DetailsTab, plain_label
 from app.widgets.terminal import TerminalWidget
+from app.widgets.terminal_pump import StreamPump
 from vm_backend.engine.streams import ExecSession
-
-#: Output buffered for the GUI beyond which the reader pauses (back-pressure).
-MAX_PENDING = 1 << 20
-#: How soon to offer output again to a view that is still parsing the last batch.
-_RETRY_MS = 20
 
 SHELLS: tuple[str, ...] = ("/bin/sh", "/bin/bash", "/bin/ash")
 CUSTOM = "Custom…"
 
 
-class ExecPump:
-    """Moves bytes between one ExecSession and the GUI, off the GUI thread."""
+class _ExecStream:
+    """An ExecSession as a pump's :class:`~app.widgets.terminal_pump.Stream`."""
+
+    def __init__(self, session: ExecSession) -> None:
+        self.session = session
+
+    def recv(self, size: int) -> bytes:
+        return self.session.read(size)
+
+    def send_all(self, data: bytes) -> None:
+        self.session.write(data)
+
+    def resize(self, cols: int, rows: int) -> None:
+        self.session.resize(cols, rows)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class ExecPump(StreamPump):
+    """The shared terminal pump on one open ExecSession; at its end, the exit code."""
 
     def __init__(
         self,
@@ -53,121 +61,31 @@ class ExecPump:
         backlog: Callable[[], int] = lambda: 0,
     ) -> None:
         self.session = session
-        # Bytes the view has been given but not parsed yet: while it is behind, output
-        # waits here and, past MAX_PENDING, the reader stops reading (the engine then
-        # stops the program writing), so a flood never grows memory without bound.
-        self._backlog = backlog
-        self._on_output = on_output  # called on the GUI thread
-        self._on_exit = on_exit  # called on the GUI thread
-        self._lock = threading.Lock()
-        self._pending = bytearray()
-        self._scheduled = False
-        self._drained = threading.Event()
-        self._drained.set()
-        self._stopped = threading.Event()
-        # Items: keystroke bytes, a (cols, rows) resize, or None to end the writer.
-        self._outbox: queue.SimpleQueue[bytes | tuple[int, int] | None] = queue.SimpleQueue()
-        self._reader = threading.Thread(
-            target=self._read_loop, name="berth-exec-read", daemon=True
+        self._code: int | None = None
+        super().__init__(
+            lambda: _ExecStream(session),
+            on_output,
+            lambda _reason: on_exit(self._code),
+            backlog=backlog,
+            name="berth-exec",
         )
-        self._writer = threading.Thread(
-            target=self._write_loop, name="berth-exec-write", daemon=True
-        )
-
-    def start(self) -> None:
-        self._reader.start()
-        self._writer.start()
-
-    @property
-    def closed(self) -> bool:
-        return self._stopped.is_set()
-
-    def write(self, data: bytes) -> None:
-        if data and not self._stopped.is_set():
-            self._outbox.put(data)
-
-    def resize(self, cols: int, rows: int) -> None:
-        if not self._stopped.is_set():
-            self._outbox.put((cols, rows))
 
     def close(self) -> None:
-        """Hang up from any thread: the reader sees EOF and the writer ends."""
-        self._stopped.set()
-        self._drained.set()
-        self._outbox.put(None)
-        self.session.close()
+        super().close()
+        self.session.close()  # also when the reader has not opened it yet
 
-    # ---- worker threads --------------------------------------------------------------
-    def _read_loop(self) -> None:
-        while True:
-            data = self.session.read()
-            if not data:
-                break
-            with self._lock:
-                self._pending += data
-                schedule = not self._scheduled
-                self._scheduled = True
-                if len(self._pending) > MAX_PENDING:
-                    self._drained.clear()
-            if schedule:
-                call_in_gui(self._flush)
-            self._drained.wait()
-            if self._stopped.is_set():
-                break
-        code: int | None = None
-        if not self._stopped.is_set():
-            code = self._exit_code()
-        self._outbox.put(None)
-        call_in_gui(lambda: self._finish(code))
-
-    def _exit_code(self) -> int | None:
+    def at_eof(self) -> None:
         # The engine marks the exec ended a moment after the stream closes.
         for _attempt in range(20):
             try:
                 code = self.session.exit_code()
             except Exception:  # noqa: BLE001 - an engine gone away has no exit code
-                return None
-            if code is not None:
-                return code
-            if self._stopped.wait(0.1):
-                return None
-        return None
-
-    def _write_loop(self) -> None:
-        while True:
-            item = self._outbox.get()
-            if item is None or self._stopped.is_set():
                 return
-            try:
-                if isinstance(item, bytes):
-                    self.session.write(item)
-                else:
-                    self.session.resize(*item)
-            except Exception:  # noqa: BLE001 - the reader reports the end of the session
-                if isinstance(item, bytes):
-                    return
-
-    # ---- GUI thread ------------------------------------------------------------------
-    def _flush(self, force: bool = False) -> None:
-        if self._stopped.is_set():
-            return
-        if not force and self._backlog() > MAX_PENDING:
-            QTimer.singleShot(_RETRY_MS, self._flush)
-            return
-        with self._lock:
-            data = bytes(self._pending)
-            self._pending.clear()
-            self._scheduled = False
-            self._drained.set()
-        if data and not self._stopped.is_set():
-            self._on_output(data)
-
-    def _finish(self, code: int | None) -> None:
-        self._flush(force=True)
-        if not self._stopped.is_set():
-            self._stopped.set()
-            self.session.close()
-            self._on_exit(code)
+            if code is not None:
+                self._code = code
+                return
+            if self._stopped.wait(0.1):
+                return
 
 
 class TerminalTab(DetailsTab):
