@@ -142,6 +142,10 @@ mount --bind /mnt/data/docker /var/lib/docker || berth_fail datadisk bind-docker
 mount --bind /mnt/data/berth /var/lib/berth || berth_fail datadisk bind-berth-failed
 berth_stage datadisk
 
+# Host folders shared over 9p, mounted before the engine so containers find them
+# (a failed share is reported, never fatal: see vm_backend/guest/init/shares).
+/usr/lib/berth/init/shares
+
 # containerd starts now, in the background, so it initialises while sshd is
 # set up; dockerd uses it instead of spawning (and, when slow, killing and
 # restarting) a containerd of its own.
@@ -217,13 +221,13 @@ berth_stage engine
 # --------------------------------------------------------------------------
 # agent: Berth's guest agent, when the image ships one.
 # --------------------------------------------------------------------------
+# agent-supervise restarts it whenever it exits; the stage is reported once
+# its socket (/run/berth/agent.sock, 0600 in this 0700 dir) accepts berthd.
 if [ -f /usr/lib/berth/agent.py ]; then
-    setsid /usr/bin/python3 /usr/lib/berth/agent.py \
-        < /dev/null > "$BERTH_LOG/agent.log" 2>&1 &
-    echo $! > "$BERTH_RUN/agent.pid"
-    sleep 0.5
-    kill -0 "$(cat "$BERTH_RUN/agent.pid")" 2>/dev/null \
-        || berth_fail agent agent-exited "$BERTH_LOG/agent.log"
+    setsid /usr/lib/berth/init/agent-supervise < /dev/null > /dev/null 2>&1 &
+    echo $! > "$BERTH_RUN/agent-supervise.pid"
+    berth_wait 60 test -S "$BERTH_RUN/agent.sock" \
+        || berth_fail agent agent-socket-missing "$BERTH_LOG/agent.log"
 else
     berth_info agent "not-installed"
 fi
