@@ -18,11 +18,13 @@ from __future__ import annotations
 from vm_backend.machine.hostinfo import Arch, HostInfo, HostOS
 from vm_backend.machine.image import GuestImage
 from vm_backend.machine.paths import PIPE_PREFIX, MachinePaths
+from vm_backend.machine.shares import ShareTransport, fw_cfg_shares, resolve_transport
 from vm_backend.machine.spec import Accelerator, MachineSpec
 
 FW_CFG_HOSTNAME = "opt/berth/hostname"
 FW_CFG_HOST_KEY = "opt/berth/ssh_host_ed25519_key"
 FW_CFG_AUTHORIZED_KEYS = "opt/berth/authorized_keys"
+FW_CFG_SHARES = "opt/berth/shares"
 NETDEV_ID = "net0"
 
 
@@ -146,16 +148,22 @@ def build_argv(
         "-fw_cfg",
         f"name={FW_CFG_AUTHORIZED_KEYS},file={qemu_escape(str(paths.authorized_keys))}",
     ]
-    if not windows:
-        # 9p is not built into QEMU for Windows; shares there use reverse sshfs instead.
-        for index, share in enumerate(spec.shares):
-            opts = (
-                f"local,id=fs{index},path={qemu_escape(share.host_path)},"
-                f"mount_tag={qemu_escape(share.tag)},security_model=none"
-            )
-            if share.read_only:
-                opts += ",readonly=on"
-            argv += ["-virtfs", opts]
+    # 9p is not built into QEMU for Windows: shares there (and shares asking for "sftp")
+    # use reverse sshfs once SSH is up (shares.py); the guest mounts the 9p ones at boot
+    # from the list in fw_cfg.
+    for index, share in enumerate(spec.shares):
+        if windows or resolve_transport(share, host.os) is not ShareTransport.NINEP:
+            continue
+        opts = (
+            f"local,id=fs{index},path={qemu_escape(share.host_path)},"
+            f"mount_tag={qemu_escape(share.tag)},security_model=none"
+        )
+        if share.read_only:
+            opts += ",readonly=on"
+        argv += ["-virtfs", opts]
+    shares_list = fw_cfg_shares(spec, host.os)
+    if shares_list:
+        argv += ["-fw_cfg", f"name={FW_CFG_SHARES},string={qemu_escape(shares_list)}"]
     argv += ["-pidfile", str(paths.pidfile)]
     return argv
 

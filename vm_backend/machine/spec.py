@@ -36,13 +36,21 @@ class Accelerator(enum.Enum):
     TCG = "tcg"
 
 
+SHARE_TRANSPORTS = ("auto", "9p", "sftp")
+
+
 @dataclass(frozen=True)
 class Share:
-    """A host folder offered to the guest (9p on macOS/Linux hosts)."""
+    """A host folder offered to the guest at the same path (docs/shares.md).
+
+    ``transport``: ``auto`` is 9p where the host's QEMU has it (macOS, Linux) and reverse
+    SFTP elsewhere (Windows); ``9p`` or ``sftp`` force one.
+    """
 
     host_path: str
     tag: str
     read_only: bool = False
+    transport: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -135,6 +143,21 @@ def _validate_shares(spec: MachineSpec, host: HostInfo) -> None:
         if share.tag in tags:
             raise InputError(f"Share tag {share.tag!r} is used twice.", "Give each share a tag.")
         tags.add(share.tag)
+        if share.transport not in SHARE_TRANSPORTS:
+            raise InputError(
+                f"Share transport {share.transport!r} is not known.",
+                "Use 'auto', '9p' or 'sftp'.",
+            )
+        if share.transport == "9p" and host.os.value == "windows":
+            raise InputError(
+                "QEMU for Windows has no 9p file sharing.",
+                "Use transport 'auto' or 'sftp' for shares on Windows.",
+            )
+        if any(c in share.host_path for c in "\t\n\r\0"):
+            raise InputError(
+                f"Shared folder {share.host_path!r} has a tab or line break in its path.",
+                "Rename the folder or share its parent.",
+            )
         if not os.path.isabs(share.host_path):
             raise InputError(
                 f"Shared folder {share.host_path!r} is not an absolute path.",
@@ -168,7 +191,12 @@ def spec_from_json(data: dict[str, Any]) -> MachineSpec:
             accelerator=Accelerator(data.get("accelerator", "auto")),
             ssh_port=int(data.get("ssh_port", DEFAULT_SSH_PORT)),
             shares=tuple(
-                Share(str(s["host_path"]), str(s["tag"]), bool(s.get("read_only", False)))
+                Share(
+                    str(s["host_path"]),
+                    str(s["tag"]),
+                    bool(s.get("read_only", False)),
+                    str(s.get("transport", "auto")),
+                )
                 for s in data.get("shares", [])
             ),
             expose_ports_on_lan=bool(data.get("expose_ports_on_lan", False)),

@@ -148,6 +148,7 @@ def test_macos_arm64_hvf_with_share() -> None:
         *unix_channels("/h/machines/dev/run"),
         *fw_cfg("/h/machines/dev"),
         "-virtfs", "local,id=fs0,path=/Users/u,mount_tag=home,security_model=none",
+        "-fw_cfg", "name=opt/berth/shares,string=home\trw\t/Users/u\n",
         "-pidfile", "/h/machines/dev/run/qemu.pid",
     ]
 
