@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from vm_backend.errors import BerthError
+from vm_backend.guest.agent import SOCKET_PATH as AGENT_SOCKET
+from vm_backend.machine.agent import AgentClient
 from vm_backend.machine.context import remove_context, write_context
 from vm_backend.machine.hostinfo import Arch
 from vm_backend.machine.image import GuestImage, ImageError
@@ -98,6 +100,7 @@ class MachineService:
         self.ssh: GuestSSH | None = None
         self.relay: EngineSocketRelay | None = None
         self.ports: PortForwarder | None = None
+        self.agent: AgentClient | None = None
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
         self.machine.add_readiness_hook(Stage.SOCKET, self._open_engine_socket)
         self.machine.on_stage(self._stage_changed)
@@ -198,27 +201,47 @@ class MachineService:
             # Published ports follow the engine from here on (docs/ports.md).
             # A failure here costs the ports, not the machine: it is logged, not raised.
             if self.ports is None and self.ssh is not None:
+                # The guest agent is the source of published ports (TCP and UDP, docs/
+                # agent.md); an image without one falls back to watching the engine.
+                has_agent = self._guest_has_agent(self.ssh)
                 ports = PortForwarder(
                     self.ssh,
-                    f"unix://{self.engine_socket}",
+                    None if has_agent else f"unix://{self.engine_socket}",
                     expose_on_lan=machine.spec.expose_ports_on_lan,
+                    udp=has_agent,
                 )
                 try:
                     ports.start()
                     self.ports = ports
                 except BerthError as err:
                     log.warning("published ports are not forwarded: %s", err)
+                if has_agent and self.agent is None:
+                    self.agent = AgentClient(self.ssh)
+                    if self.ports is not None:
+                        self.agent.on_ports(self.ports.set_guest_ports)
+                    self.agent.start()
         if self.manage_context:
             try:
                 write_context(f"unix://{self.engine_socket}", name=CONTEXT_NAME)
             except (BerthError, OSError) as err:
                 log.warning("could not write the docker context: %s", err)
 
+    @staticmethod
+    def _guest_has_agent(ssh: GuestSSH) -> bool:
+        try:
+            return ssh.exec(["test", "-S", AGENT_SOCKET], timeout=30).rc == 0
+        except BerthError as err:
+            log.warning("could not look for the guest agent: %s", err)
+            return False
+
     def _close_data_plane(self) -> None:
         with self._lock:
+            agent, self.agent = self.agent, None
             ports, self.ports = self.ports, None
             relay, self.relay = self.relay, None
             ssh, self.ssh = self.ssh, None
+        if agent is not None:
+            agent.stop()
         if ports is not None:
             ports.stop()
         if relay is not None:
@@ -236,6 +259,12 @@ class MachineService:
         doc["relay_connections"] = self.relay.active_connections if self.relay else 0
         ports = self.ports
         doc["ports"] = [asdict(p) for p in ports.table()] if ports is not None else []
+        agent = self.agent
+        if agent is not None:
+            doc["agent"] = agent.snapshot().to_json()
+            del doc["agent"]["ports"]  # the forwarded table above is what the user needs
+        else:
+            doc["agent"] = None
         return doc
 
 

@@ -19,8 +19,15 @@ an :class:`EngineSocketRelay` whose listening socket is TCP and whose channel is
 ``direct-tcpip``, so the accept loop, the connection bound, the half-close handling and
 the teardown are the engine socket's, tested there.
 
-UDP is not forwarded yet (SSH has no datagram channel; it needs a relay process in the
-guest): such ports are listed in :meth:`PortForwarder.table` with that state.
+What to forward comes from the guest agent (:meth:`PortForwarder.set_guest_ports`, fed
+by :class:`~vm_backend.machine.agent.AgentClient`: the engine's port table plus the guest's
+own listeners) or, without an agent, from an :class:`EngineMonitor` on ``engine_url``.
+
+UDP (``udp=True``): SSH has no datagram channel, so each host UDP port is one socket on
+127.0.0.1 and each client address on it is one *flow*: a ``direct-streamlocal`` channel to
+the agent's socket that opens with ``{"type": "udp", "port": P}`` and then carries
+length-prefixed datagrams both ways; the agent sends them from one connected UDP socket to
+the guest's ``127.0.0.1:P`` (docs/ports.md, "UDP").
 """
 
 from __future__ import annotations
@@ -29,9 +36,12 @@ import contextlib
 import errno
 import logging
 import os
+import selectors
 import socket
 import sys
 import threading
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -42,6 +52,10 @@ from vm_backend.engine.client import EngineClient
 from vm_backend.engine.errors import EngineError
 from vm_backend.engine.models import Container, ContainerState, Event
 from vm_backend.engine.monitor import Diff, EngineMonitor
+from vm_backend.errors import BerthError
+from vm_backend.guest.agent import SOCKET_PATH as AGENT_SOCKET
+from vm_backend.guest.agent import FrameReader, ProtocolError, encode, frame
+from vm_backend.machine.agent import GuestPort
 from vm_backend.machine.relay import ChannelOpener, EngineSocketRelay
 
 log = logging.getLogger(__name__)
@@ -58,12 +72,20 @@ _FORWARDED_STATES = (ContainerState.RUNNING, ContainerState.PAUSED)
 STATE_LISTENING = "listening"
 STATE_UDP = "udp: not forwarded yet"
 STOP_TIMEOUT = 1.0
+UDP_FLOW_IDLE_S = 60.0  # a UDP client silent this long loses its flow (like docker-proxy)
+UDP_MAX_FLOWS = 64  # per port; the oldest flow is dropped beyond
 
 
 class TcpOpener(Protocol):
     """What the forwarder needs from the SSH session (``GuestSSH``; tests fake it)."""
 
     def direct_tcpip(self, host: str, port: int) -> Channel: ...
+
+
+class UnixOpener(Protocol):
+    """UDP flows also need ``open_unix_socket`` (the agent's socket)."""
+
+    def open_unix_socket(self, path: str) -> Channel: ...
 
 
 @dataclass(frozen=True)
@@ -77,7 +99,8 @@ class ForwardedPort:
     host_address: str
     host_port: int
     state: str  # "listening" | "conflict: …" | "error: …" | "udp: not forwarded yet"
-    connections: int
+    connections: int  # TCP connections, or UDP flows (client addresses) open now
+    source: str = "engine"  # "engine" or "listener" (a guest program; no container)
 
 
 class _PortListener(EngineSocketRelay):
@@ -119,6 +142,158 @@ class _PortListener(EngineSocketRelay):
         return self.tcp_ssh.direct_tcpip(GUEST_ADDRESS, self.guest_port)
 
 
+class _UdpFlow:
+    """One host client address: a channel to the agent carrying framed datagrams."""
+
+    def __init__(self, channel: Channel, client: Any) -> None:
+        self.channel = channel
+        self.client = client
+        self.frames = FrameReader()
+        self.last_used = time.monotonic()
+
+
+class _UdpRelay:
+    """One bound UDP address; each client address is a flow through the guest agent."""
+
+    def __init__(self, opener: UnixOpener, sock: socket.socket, guest_port: int) -> None:
+        self.opener = opener
+        self.sock = sock
+        self.guest_port = guest_port
+        self._flows: dict[Any, _UdpFlow] = {}
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def active_connections(self) -> int:
+        with self._lock:
+            return len(self._flows)
+
+    def start(self) -> None:
+        host, port = self.sock.getsockname()[:2]
+        self._thread = threading.Thread(
+            target=self._loop, name=f"berth-udp:{host}:{port}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+        thread = self._thread
+        if thread is None:
+            self._teardown()  # never started; otherwise the loop tears down as it ends
+        elif thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _teardown(self) -> None:
+        with self._lock:
+            flows = list(self._flows.values())
+            self._flows.clear()
+        for flow in flows:
+            with contextlib.suppress(Exception):
+                flow.channel.close()
+        self.sock.close()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _open_flow(self, client: Any, sel: selectors.BaseSelector) -> _UdpFlow:
+        channel = self.opener.open_unix_socket(AGENT_SOCKET)
+        try:
+            channel.sendall(encode({"type": "udp", "port": self.guest_port}))
+        except BaseException:
+            channel.close()
+            raise
+        flow = _UdpFlow(channel, client)
+        with self._lock:
+            if len(self._flows) >= UDP_MAX_FLOWS:
+                oldest = min(self._flows.values(), key=lambda f: f.last_used)
+                self._drop(oldest, sel)
+            self._flows[client] = flow
+        sel.register(channel.fileno(), selectors.EVENT_READ, flow)
+        return flow
+
+    def _drop(self, flow: _UdpFlow, sel: selectors.BaseSelector) -> None:
+        self._flows.pop(flow.client, None)
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            sel.unregister(flow.channel.fileno())
+        with contextlib.suppress(Exception):
+            flow.channel.close()
+
+    def _loop(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self.sock, selectors.EVENT_READ, "host")
+        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        try:
+            while not self._stopping:
+                for key, _ in sel.select(timeout=5.0):
+                    if key.data == "wake":
+                        return
+                    if key.data == "host":
+                        self._from_host(sel)
+                    else:
+                        self._from_guest(key.data, sel)
+                now = time.monotonic()
+                with self._lock:
+                    for flow in [
+                        f for f in self._flows.values() if now - f.last_used > UDP_FLOW_IDLE_S
+                    ]:
+                        self._drop(flow, sel)
+        except Exception:
+            log.exception("UDP relay on %s failed", self.sock.getsockname())
+        finally:
+            sel.close()
+            self._teardown()
+
+    def _from_host(self, sel: selectors.BaseSelector) -> None:
+        try:
+            datagram, client = self.sock.recvfrom(65535)
+        except OSError:
+            return
+        with self._lock:
+            flow = self._flows.get(client)
+        try:
+            if flow is None:
+                flow = self._open_flow(client, sel)
+            flow.last_used = time.monotonic()
+            flow.channel.sendall(frame(datagram))
+        except (BerthError, OSError, EOFError, ProtocolError) as exc:
+            log.info("UDP %s from %s dropped: %s", self.guest_port, client, exc)
+            if flow is not None:
+                with self._lock:
+                    self._drop(flow, sel)
+
+    def _from_guest(self, flow: _UdpFlow, sel: selectors.BaseSelector) -> None:
+        try:
+            data = flow.channel.recv(65536)
+        except (OSError, EOFError):
+            data = b""
+        if not data:
+            with self._lock:
+                self._drop(flow, sel)
+            return
+        flow.last_used = time.monotonic()
+        for datagram in flow.frames.feed(data):
+            with contextlib.suppress(OSError):
+                self.sock.sendto(datagram, flow.client)
+
+
+def _bind_udp(address: str, port: int) -> socket.socket:
+    # No SO_REUSEADDR: on Linux it would let two UDP sockets share the port silently.
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((address, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def _bind(address: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -156,7 +331,8 @@ class _Forward:
     host_address: str
     host_port: int
     state: str = ""
-    listeners: list[_PortListener] = field(default_factory=list)
+    source: str = "engine"
+    listeners: list[_PortListener | _UdpRelay] = field(default_factory=list)
 
     def row(self) -> ForwardedPort:
         return ForwardedPort(
@@ -168,6 +344,7 @@ class _Forward:
             host_port=self.host_port,
             state=self.state,
             connections=sum(lis.active_connections for lis in self.listeners),
+            source=self.source,
         )
 
 
@@ -186,17 +363,21 @@ class PortForwarder:
     def __init__(
         self,
         ssh: TcpOpener,
-        engine_url: str,
+        engine_url: str | None,
         *,
         expose_on_lan: bool = False,
         host_port_offset: int = 0,
+        udp: bool = False,
     ) -> None:
         self.ssh = ssh
         self.engine_url = engine_url
         self.expose_on_lan = expose_on_lan
         self.host_port_offset = host_port_offset
+        self.udp = udp
         self._lock = threading.RLock()
         self._containers: dict[str, Container] = {}
+        # Set by set_guest_ports (the agent): then the source of truth instead of containers.
+        self._guest_ports: tuple[GuestPort, ...] | None = None
         # (protocol, published host port) -> forward; docker lists a dual-stack port twice
         # (0.0.0.0 and ::), and one host port can be published by one container only.
         self._forwards: dict[tuple[str, int], _Forward] = {}
@@ -208,9 +389,9 @@ class PortForwarder:
     def start(self) -> None:
         """Watch the engine; listeners follow its containers from the first listing on."""
         with self._lock:
-            if self._monitor is not None:
-                return
             self._stopped = False
+            if self._monitor is not None or self.engine_url is None:
+                return  # already watching, or fed by the agent (set_guest_ports)
             self._client = EngineClient(self.engine_url)
             self._monitor = EngineMonitor(self._client, self, kinds=("container",))
         self._monitor.start()
@@ -232,6 +413,14 @@ class PortForwarder:
             self._containers.clear()
         for fwd in forwards:
             self._close(fwd)
+
+    def set_guest_ports(self, ports: Iterable[GuestPort]) -> None:
+        """The guest agent's full list of published ports (AgentClient.on_ports)."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._guest_ports = tuple(ports)
+            self._apply()
 
     def table(self) -> list[ForwardedPort]:
         with self._lock:
@@ -261,30 +450,51 @@ class PortForwarder:
             self._apply()
 
     # ---- internals ------------------------------------------------------------------------
-    def _wanted(self) -> dict[tuple[str, int], _Forward]:
-        wanted: dict[tuple[str, int], _Forward] = {}
+    def _published(self) -> list[GuestPort]:
+        if self._guest_ports is not None:
+            return list(self._guest_ports)
+        out: list[GuestPort] = []
         for c in sorted(self._containers.values(), key=lambda c: c.created):
             if c.state not in _FORWARDED_STATES:
                 continue
             for p in c.ports:
-                if p.host_port is None:
-                    continue
-                key = (p.protocol, p.host_port)
-                if key in wanted:
-                    continue
-                # All interfaces only on the user's opt-in; an explicit address (even a
-                # LAN one) stays on loopback: Berth cannot give the VM that host address.
-                all_ifaces = self.expose_on_lan and p.host_ip in _ALL_INTERFACES
-                wanted[key] = _Forward(
-                    container_id=c.id,
-                    container_name=c.name,
-                    protocol=p.protocol,
-                    guest_port=p.container_port,
-                    engine_port=p.host_port,
-                    host_address=ALL_V4 if all_ifaces else LOOPBACK_V4,
-                    host_port=p.host_port + self.host_port_offset,
-                )
+                if p.host_port is not None:
+                    out.append(
+                        GuestPort(
+                            protocol=p.protocol,
+                            port=p.host_port,
+                            container_port=p.container_port,
+                            host_ip=p.host_ip,
+                            container_id=c.id,
+                            container_name=c.name,
+                            source="engine",
+                        )
+                    )
+        return out
+
+    def _wanted(self) -> dict[tuple[str, int], _Forward]:
+        wanted: dict[tuple[str, int], _Forward] = {}
+        for p in self._published():
+            key = (p.protocol, p.port)
+            if key in wanted:
+                continue
+            # All interfaces only on the user's opt-in; an explicit address (even a
+            # LAN one) stays on loopback: Berth cannot give the VM that host address.
+            all_ifaces = self.expose_on_lan and p.host_ip in _ALL_INTERFACES
+            wanted[key] = _Forward(
+                container_id=p.container_id,
+                container_name=p.container_name,
+                protocol=p.protocol,
+                guest_port=p.container_port,
+                engine_port=p.port,
+                host_address=ALL_V4 if all_ifaces else LOOPBACK_V4,
+                host_port=p.port + self.host_port_offset,
+                source=p.source,
+            )
         return wanted
+
+    def _forwarded(self, protocol: str) -> bool:
+        return protocol == "tcp" or (protocol == "udp" and self.udp)
 
     def _apply(self) -> None:
         """Make ``_forwards`` match ``_wanted()`` (called with the lock held)."""
@@ -299,13 +509,14 @@ class PortForwarder:
             ):
                 have.container_id, have.container_name = want.container_id, want.container_name
                 have.guest_port = want.guest_port
-                if have.state != STATE_LISTENING and have.protocol == "tcp":
+                have.source = want.source
+                if have.state != STATE_LISTENING and self._forwarded(have.protocol):
                     self._open(have)  # a conflict or error: try again on every diff
                 continue
             if have is not None:
                 self._close(have)
             self._forwards[key] = want
-            if want.protocol == "tcp":
+            if self._forwarded(want.protocol):
                 self._open(want)
             else:
                 want.state = (
@@ -314,10 +525,12 @@ class PortForwarder:
 
     def _open(self, fwd: _Forward) -> None:
         where = _display(fwd.host_address, fwd.host_port)
+        udp = fwd.protocol == "udp"
+        bind = _bind_udp if udp else _bind
         try:
-            primary = _bind(fwd.host_address, fwd.host_port)
+            primary = bind(fwd.host_address, fwd.host_port)
         except OverflowError:  # only reachable through host_port_offset
-            fwd.state = f"error: {where} is not a TCP port"
+            fwd.state = f"error: {where} is not a {fwd.protocol.upper()} port"
             return
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
@@ -331,6 +544,13 @@ class PortForwarder:
                 fwd.state = f"error: cannot listen on {where}: {exc.strerror or exc}"
             log.warning("published port %s/%s: %s", fwd.host_port, fwd.protocol, fwd.state)
             return
+        if udp:
+            relay = _UdpRelay(cast(UnixOpener, self.ssh), primary, fwd.engine_port)
+            fwd.listeners = [relay]
+            relay.start()
+            fwd.state = STATE_LISTENING
+            log.info("published port %s/udp -> %s", where, fwd.container_name)
+            return
         socks = [primary]
         if fwd.host_address == LOOPBACK_V4:
             # Clients resolving "localhost" may try ::1 first. Best effort: a host without
@@ -339,8 +559,9 @@ class PortForwarder:
                 socks.append(_bind(LOOPBACK_V6, fwd.host_port))
             except OSError as exc:
                 log.debug("published port %s: not on [::1]: %s", fwd.host_port, exc)
-        fwd.listeners = [_PortListener(self.ssh, s, fwd.engine_port) for s in socks]
-        for lis in fwd.listeners:
+        listeners = [_PortListener(self.ssh, s, fwd.engine_port) for s in socks]
+        fwd.listeners = list(listeners)
+        for lis in listeners:
             lis.start()
         fwd.state = STATE_LISTENING
         log.info(
