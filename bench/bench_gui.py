@@ -14,11 +14,20 @@ the same run, as a ratio:
 (c) idle    RSS of the window showing 50 running containers (live stats on), and its CPU
             over 60 s. Baseline: a bare QApplication + empty QMainWindow. Goals: <= 200 MB,
             <= 1 % of one core.
+(d) logflood The same heartbeat while one container logs ~50,000 lines/s (busybox
+            ``yes | head``, paced by /proc/uptime) and its details Logs tab follows it.
+            Printed: the rate the container really logged (counted from the engine's log
+            afterwards over the same window), the rate that reached the tab, and how far
+            the view lagged behind the engine's timestamps at the end. Baseline: the same
+            heartbeat with the window idle just before (the flood container not selected).
+            Goal: p99 <= 100 ms.
 
 Every container it creates carries the label ``berth.bench=1`` and is removed by that
 label at the end, also on failure (and leftovers of an earlier run are removed first).
 
-Usage: ``python bench/bench_gui.py [--engine unix:///var/run/docker.sock] [--idle 60]``.
+Usage: ``python bench/bench_gui.py [--engine unix:///var/run/docker.sock] [--idle 60]
+[--only stall|cold|idle|logflood] [--profile OUT.prof]``. ``--profile`` runs cProfile on the
+GUI thread during the loaded phase of (a) or (d) (``python -m pstats OUT.prof``).
 """
 
 from __future__ import annotations
@@ -189,7 +198,27 @@ class Heartbeat:
         self._last = now
 
 
-def bench_stall(url: str, n: int) -> dict[str, Any]:
+class _Profile:
+    """cProfile of the GUI thread (the one running the event loop) while enabled."""
+
+    def __init__(self, out: Path | None) -> None:
+        import cProfile
+
+        self.out = out
+        self.prof = cProfile.Profile() if out is not None else None
+
+    def __enter__(self) -> _Profile:
+        if self.prof is not None:
+            self.prof.enable()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.prof is not None and self.out is not None:
+            self.prof.disable()
+            self.prof.dump_stats(str(self.out))
+
+
+def bench_stall(url: str, n: int, profile: Path | None = None) -> dict[str, Any]:
     from app.models.containers import COL_STATE
 
     _app, ctx, window = _window(url)
@@ -224,10 +253,11 @@ def bench_stall(url: str, n: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     worker = threading.Thread(target=churn)
     worker.start()
-    all_running = _run_until(lambda: "started" in phase and states("running"), 900)
-    phase["model_running"] = time.perf_counter() - t0
-    all_exited = _run_until(lambda: not worker.is_alive() and states("exited"), 900)
-    phase["model_exited"] = time.perf_counter() - t0
+    with _Profile(profile):
+        all_running = _run_until(lambda: "started" in phase and states("running"), 900)
+        phase["model_running"] = time.perf_counter() - t0
+        all_exited = _run_until(lambda: not worker.is_alive() and states("exited"), 900)
+        phase["model_exited"] = time.perf_counter() - t0
     loaded = hb.stop()
     worker.join()
     api.close()
@@ -247,6 +277,109 @@ def bench_stall(url: str, n: int) -> dict[str, Any]:
         "engine_stop_s": phase.get("stopped", 0.0),
         "model_all_running_s": phase["model_running"],
         "model_all_exited_s": phase["model_exited"],
+    }
+
+
+# Busybox sh: write R lines/s in chunks of at most C, paced by /proc/uptime (centiseconds),
+# so the rate holds whatever each chunk costs to write.
+FLOOD_SCRIPT = """
+read u _ </proc/uptime; start=${u%.*}${u#*.}; n=0
+while :; do
+  read u _ </proc/uptime; now=${u%.*}${u#*.}
+  k=$(( (now - start) * R / 100 - n ))
+  if [ $k -gt 0 ]; then
+    [ $k -gt $C ] && k=$C
+    yes "$L" | head -n $k; n=$((n + k))
+  else
+    sleep 0.02
+  fi
+done
+"""
+FLOOD_LINE = "berth log flood: GET /api/items?page=42 200 1532 bytes in 3.2 ms (worker 7)"
+
+
+def _engine_time(ts: str | None) -> float:
+    """Epoch seconds of an engine RFC 3339 timestamp (nanoseconds cut to microseconds)."""
+    from datetime import datetime
+
+    if not ts:
+        return 0.0
+    head, _, frac = ts.rstrip("Z").partition(".")
+    micros = (frac + "000000")[:6]
+    return datetime.fromisoformat(f"{head}.{micros}+00:00").timestamp()
+
+
+def bench_logflood(
+    url: str, rate: int, seconds: float, profile: Path | None = None
+) -> dict[str, Any]:
+    """Heartbeat lateness while the details Logs tab follows a container logging ``rate``/s."""
+    from app.pages.details.panel import ContainerDetailsPanel
+
+    _app, ctx, window = _window(url)
+    page = window.show_page("containers")
+    _run_until(lambda: ctx.session is not None and ctx.session.connected, 20)
+    # The details panel module is loaded just after the window is up.
+    _run_until(lambda: isinstance(page.details, ContainerDetailsPanel), 20)
+    chunk = max(1, rate // 10)
+    api = _api(url)
+    c = api.create_container(
+        IMAGE, command=["sh", "-c", FLOOD_SCRIPT], labels={BENCH_LABEL: "1"},
+        environment={"L": FLOOD_LINE, "R": str(rate), "C": str(chunk)},
+        name=f"berth-bench-flood-{os.getpid()}",
+        host_config=api.create_host_config(network_mode="none"),
+    )
+    cid = str(c["Id"])
+    api.start(cid)
+    _run_until(lambda: page.model.row_of(cid) >= 0, 30)
+
+    hb = Heartbeat()
+    hb.start()
+    _run_until(lambda: False, 5)
+    baseline = hb.stop()
+
+    assert page.select_container(cid), "the flood container is not in the table"
+    panel = page.details
+    assert isinstance(panel, ContainerDetailsPanel)
+    logs = panel.details.logs
+    model = logs.panel.model
+
+    def received() -> int:
+        return model.line_count() + model.dropped
+
+    # Wait for the stream to be followed, then let the tail load and the rate settle.
+    _run_until(lambda: logs.running and received() > chunk, 30)
+    _run_until(lambda: False, 2)
+
+    hb.start()
+    n0, t0, wall0 = received(), time.perf_counter(), time.time()
+    with _Profile(profile):
+        _run_until(lambda: False, seconds)
+    n1, t1, wall1 = received(), time.perf_counter(), time.time()
+    loaded = hb.stop()
+    last = model.line_at(model.rowCount() - 1) if model.rowCount() else None
+    lag = time.time() - _engine_time(last.ts if last else None) if last else float("nan")
+    follow = logs.panel.view.follows()
+    ctx.shutdown()
+    window.close()
+    # What the container really logged over the same wall-clock window, from the engine.
+    logged = api.logs(cid, stdout=True, stderr=True, since=wall0, until=wall1).count(b"\n")
+    api.close()
+    return {
+        "target_rate": rate,
+        "engine_rate": logged / (wall1 - wall0),
+        "delivered_rate": (n1 - n0) / (t1 - t0),
+        "lines": n1 - n0,
+        "seconds": t1 - t0,
+        "lag_s": lag,
+        "followed": follow,
+        "dropped": model.dropped,
+        "baseline_p50_ms": percentile(baseline, 50),
+        "baseline_p99_ms": percentile(baseline, 99),
+        "baseline_max_ms": max(baseline) if baseline else 0.0,
+        "p50_ms": percentile(loaded, 50),
+        "p99_ms": percentile(loaded, 99),
+        "max_ms": max(loaded) if loaded else 0.0,
+        "ticks": len(loaded),
     }
 
 
@@ -340,7 +473,10 @@ def main() -> int:
     parser.add_argument("--cold-runs", type=int, default=5)
     parser.add_argument("--idle-n", type=int, default=50)
     parser.add_argument("--idle", type=float, default=60.0, help="idle CPU window, seconds")
-    parser.add_argument("--only", choices=("stall", "cold", "idle"))
+    parser.add_argument("--flood-rate", type=int, default=50_000, help="log lines per second")
+    parser.add_argument("--flood-seconds", type=float, default=20.0)
+    parser.add_argument("--only", choices=("stall", "cold", "idle", "logflood"))
+    parser.add_argument("--profile", type=Path, help="cProfile the GUI thread under load")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -367,7 +503,7 @@ def main() -> int:
         print(f"removed {left} containers left by an earlier run")
     try:
         if args.only in (None, "stall"):
-            results["stall"] = bench_stall(url, args.stall_n)
+            results["stall"] = bench_stall(url, args.stall_n, args.profile)
             remove_bench_containers(url)
             s = results["stall"]
             print(
@@ -413,6 +549,22 @@ def main() -> int:
                 f" MB; ratio {i['rss_mb'] / i['baseline_rss_mb']:.1f}x), CPU "
                 f"{i['cpu_percent']:.2f} % of a core over {i['seconds']:.0f} s (bare "
                 f"{i['baseline_cpu_percent']:.2f} %)"
+            )
+        if args.only in (None, "logflood"):
+            results["logflood"] = f = bench_logflood(
+                url, args.flood_rate, args.flood_seconds, args.profile
+            )
+            remove_bench_containers(url)
+            print(
+                f"(d) GUI stall, Logs tab following one container logging "
+                f"{f['engine_rate']:,.0f} lines/s (engine's count; target {f['target_rate']:,})"
+                f", {f['delivered_rate']:,.0f} lines/s reached the tab ("
+                f"{f['lines']:,} lines in {f['seconds']:.1f} s, view {f['lag_s']:.2f} s behind "
+                f"the engine at the end, following: {f['followed']}): p50 {f['p50_ms']:.1f} ms,"
+                f" p99 {f['p99_ms']:.1f} ms, max {f['max_ms']:.1f} ms (idle baseline p50 "
+                f"{f['baseline_p50_ms']:.1f} / p99 {f['baseline_p99_ms']:.1f} / max "
+                f"{f['baseline_max_ms']:.1f} ms; p99 ratio "
+                f"{f['p99_ms'] / max(f['baseline_p99_ms'], 0.1):.1f}x)"
             )
     finally:
         removed = remove_bench_containers(url)
