@@ -44,6 +44,8 @@ from PySide6.QtWidgets import (
 from app.bridge import Op, user_message
 from app.pages.details._base import human_bytes, plain_label
 from app.pages.details.chart import LineChart
+from app.pages.machine_guest import GuestPanel
+from app.pages.machine_ports import PortsTab
 from app.pages.machine_settings import HostLimits, SettingsPanel
 from app.pages.machine_terminal import ChannelLike, ConsoleTab, ShellTab
 from app.pages.machine_timeline import STAGE_KEYS, FailurePanel, TimelineView
@@ -311,11 +313,18 @@ class OverviewTab(QScrollArea):
         for chart in (self.cpu_chart, self.mem_chart):
             chart.setMinimumHeight(150)
             chart.setMaximumHeight(240)
+        # QEMU's own figures on the left, the guest's (from the agent) next to them.
+        self.guest = GuestPanel(POLL_MS / 1000, body)
+        self.guest.hide()
         self.charts = QWidget(body)
-        charts = QHBoxLayout(self.charts)
+        charts = self.charts_grid = QGridLayout(self.charts)
         charts.setContentsMargins(0, 0, 0, 0)
-        charts.addWidget(self.cpu_chart)
-        charts.addWidget(self.mem_chart)
+        charts.addWidget(self.cpu_chart, 0, 0)
+        charts.addWidget(self.guest.cpu_chart, 0, 1)
+        charts.addWidget(self.mem_chart, 1, 0)
+        charts.addWidget(self.guest.mem_chart, 1, 1)
+        charts.setColumnStretch(0, 1)
+        charts.setColumnStretch(1, 1)
         self.charts.hide()
 
         self.timeline = TimelineView(body)
@@ -329,6 +338,7 @@ class OverviewTab(QScrollArea):
         layout.addWidget(self.failure)
         layout.addWidget(timeline_box)
         layout.addWidget(self.usage)
+        layout.addWidget(self.guest)
         layout.addWidget(self.charts)
         layout.addStretch(1)
         self.setWidget(body)
@@ -403,6 +413,7 @@ class MachinePage(QWidget):
         self.first_run = FirstRunPanel(spec, MachinePaths.for_machine(name).state_dir, self)
         self.overview = OverviewTab(self)
         self.console = ConsoleTab(client_factory, name, self)
+        self.ports = PortsTab(self)
         self.settings = SettingsPanel(self.limits, self)
         settings_scroll = QScrollArea(self)
         settings_scroll.setWidgetResizable(True)
@@ -412,6 +423,7 @@ class MachinePage(QWidget):
         self.tabs.setTabsClosable(True)
         self.tabs.addTab(self.overview, self.tr("Overview"))
         self.tabs.addTab(self.console, self.tr("Console"))
+        self.tabs.addTab(self.ports, self.tr("Ports"))
         self.tabs.addTab(settings_scroll, self.tr("Settings"))
         for i in range(self.tabs.count()):
             # Only shell tabs close; the fixed tabs lose their close buttons.
@@ -446,6 +458,8 @@ class MachinePage(QWidget):
         )
         self.settings.save_requested.connect(self.save_settings)
         self.settings.restart_requested.connect(self.restart_vm)
+        self.ports.lan_change_requested.connect(self.save_lan_exposure)
+        self.ports.restart_requested.connect(self.restart_vm)
         self.tabs.tabCloseRequested.connect(self._close_tab)
         self.progress.connect(self._on_progress)
         self._update_buttons()
@@ -509,6 +523,7 @@ class MachinePage(QWidget):
             self.stack.setCurrentWidget(self.first_run)
             self.console.detach()
             self._drop_ssh()
+            self.ports.set_status(None)
             self._update_buttons()
             self._update_polling()
             self.status_rendered.emit(None)
@@ -568,6 +583,12 @@ class MachinePage(QWidget):
         # Charts appear once there is something to plot; a stopped VM keeps its history.
         has_samples = bool(ov.cpu_chart.samples() or ov.mem_chart.samples())
         ov.charts.setVisible(state in UP_STATES or has_samples)
+        ov.guest.update_from(doc, state == "running", sample)
+        ov.guest.setVisible(state in UP_STATES)
+        guest_charts = not (ov.guest.cpu_chart.isHidden() and ov.guest.mem_chart.isHidden())
+        ov.charts_grid.setColumnStretch(1, 1 if guest_charts else 0)
+        self.ports.set_status(doc)
+        self.settings.shares.set_live(state in SHELL_STATES, doc.get("shares"))
         docker_host = str(doc.get("docker_host") or "")
         if state == "running" and docker_host:
             ov.usage.set_docker_host(docker_host)
@@ -879,6 +900,18 @@ class MachinePage(QWidget):
         Op(self._call, "machine.set", **changes).success(self._settings_saved).failure(
             lambda e: self.settings.save_failed(user_message(e))
         ).run(self)
+
+    def save_lan_exposure(self, expose: bool) -> None:
+        """The Ports tab's LAN opt-in, confirmed by the user: saved through machine.set."""
+        Op(self._call, "machine.set", expose_ports_on_lan=expose).success(
+            lambda spec: self._lan_saved(expose, spec)
+        ).failure(lambda e: self.ports.lan_failed(user_message(e))).run(self)
+
+    def _lan_saved(self, expose: bool, spec: Any) -> None:
+        self.ports.lan_saved(expose)
+        if isinstance(spec, dict) and self.status is not None:
+            self.status = {**self.status, "spec": spec}
+        self.refresh()
 
     def _settings_saved(self, spec: Any) -> None:
         if isinstance(spec, dict):

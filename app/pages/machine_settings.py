@@ -170,6 +170,20 @@ def tag_for(path: str, taken: set[str]) -> str:
     return tag
 
 
+def share_state_words(doc: dict[str, Any]) -> str:
+    """One live share's state in plain words ("mounted (read-only)", "error: …")."""
+    state = str(doc.get("state") or "").strip()
+    error = str(doc.get("error") or "").strip()
+    if state.lower().startswith("error") or (error and state.lower() != "mounted"):
+        why = error or state.partition(":")[2].strip() or "unknown"
+        return f"error: {why}"
+    words = state or "unknown"
+    extras = [str(doc["transport"])] if doc.get("transport") else []
+    if doc.get("read_only") or doc.get("ro"):
+        extras.append("read-only")
+    return words + (f" ({', '.join(extras)})" if extras else "")
+
+
 class SharesEditor(QGroupBox):
     """The spec's shared folders: path, tag, read-only; add and remove."""
 
@@ -178,9 +192,10 @@ class SharesEditor(QGroupBox):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setTitle(self.tr("Shared folders"))
-        self.table = QTableWidget(0, 3, self)
+        self.table = QTableWidget(0, 4, self)
         self.table.setHorizontalHeaderLabels(
-            [self.tr("Folder on this computer"), self.tr("Tag in the VM"), self.tr("Read-only")]
+            [self.tr("Folder on this computer"), self.tr("Tag in the VM"), self.tr("Read-only"),
+             self.tr("State now")]
         )
         self.table.verticalHeader().setVisible(False)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -189,13 +204,21 @@ class SharesEditor(QGroupBox):
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(2, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(3, QHeaderView.ResizeMode.ResizeToContents)
         self.table.setMinimumHeight(110)
         self.read_only = QCheckBox(self.tr("Add as read-only"), self)
         self.add_button = QPushButton(self.tr("Add folder…"), self)
         self.remove_button = QPushButton(self.tr("Remove"), self)
         self.remove_button.setEnabled(False)
         self.note = plain_label(
-            self.tr("Shares are mounted with 9p at the next start of the VM."), self
+            self.tr(
+                "Adding or removing a folder, or making it read-only, is applied at the VM's "
+                "next start: the running VM keeps the folders it started with. Containers "
+                "see a shared folder under the same path as on this computer. Read-only "
+                "means nothing in the VM (a container, or you in a shell) can change or "
+                "delete the files in it."
+            ),
+            self,
         )
         self.note.setWordWrap(True)
         buttons = QHBoxLayout()
@@ -213,6 +236,7 @@ class SharesEditor(QGroupBox):
             lambda: self.remove_button.setEnabled(bool(self.table.selectionModel().selectedRows()))
         )
         self._rows: list[ShareRow] = []
+        self._live: dict[str, str] | None = None  # tag -> state words; None: VM not up
 
     def shares(self) -> tuple[ShareRow, ...]:
         return tuple(self._rows)
@@ -220,6 +244,26 @@ class SharesEditor(QGroupBox):
     def set_shares(self, shares: tuple[ShareRow, ...]) -> None:
         self._rows = list(shares)
         self._render()
+
+    def set_live(self, running: bool, shares: Any) -> None:
+        """The running VM's shares as berthd reports them (``status["shares"]``)."""
+        live: dict[str, str] | None = None
+        if running:
+            live = {}
+            for doc in shares if isinstance(shares, list) else []:
+                if isinstance(doc, dict) and doc.get("tag"):
+                    live[str(doc["tag"])] = share_state_words(doc)
+        if live != self._live:
+            self._live = live
+            self._render()
+
+    def live_state(self, tag: str) -> str:
+        """What the "State now" column says for ``tag``."""
+        if self._live is None:
+            return self.tr("VM not running")
+        if tag in self._live:
+            return self._live[tag]
+        return self.tr("not mounted: applies at the next start")
 
     def add_share(self, path: str, read_only: bool) -> ShareRow:
         row = ShareRow(path, tag_for(path, {r.tag for r in self._rows}), read_only)
@@ -250,6 +294,9 @@ class SharesEditor(QGroupBox):
             ro = QTableWidgetItem(self.tr("yes") if row.read_only else self.tr("no"))
             ro.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
             self.table.setItem(i, 2, ro)
+            now = QTableWidgetItem(self.live_state(row.tag))
+            now.setToolTip(now.text())
+            self.table.setItem(i, 3, now)
         self.remove_button.setEnabled(bool(self.table.selectionModel().selectedRows()))
 
 
