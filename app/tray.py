@@ -1,15 +1,23 @@
 """The tray icon: engine and VM state, quick actions, and notifications for failures.
 
 Notifications (when Settings.notify_failures is on): a container that exits with a
-non-zero code, and the engine going away. The VM's Start/Stop go through berthd on a
-worker thread; the item is shown only when a helper VM exists.
+non-zero code, and the engine going away.
+
+The helper VM: its state ("VM: Running", …) and Start / Stop, shown only when a helper VM
+exists. The state is read from berthd on a worker when the menu opens, every
+:data:`VM_POLL_MS` and after each action; reading never starts berthd (while it is down
+the machine's files say "stopped"). Start is enabled when the VM is stopped or crashed,
+Stop while it starts (cancelling the boot), runs or is paused; neither while an action
+from the tray is in flight or the VM is stopping. The actions run on workers (a start
+blocks its worker for the whole boot).
 """
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtGui import QAction, QIcon
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon, QWidget
 
@@ -19,9 +27,10 @@ from app.session import EngineSession
 
 # Imported here, not in the worker that first needs them: an import still running on a
 # worker thread when the process exits crashed the interpreter.
-from vm_backend.daemon.client import DaemonClient
+from vm_backend.daemon.client import DaemonClient, DaemonError
+from vm_backend.daemon.server import socket_path
 from vm_backend.engine.models import Event
-from vm_backend.paths import berth_home
+from vm_backend.machine.paths import MachinePaths
 
 if TYPE_CHECKING:
     from app.context import AppContext
@@ -43,16 +52,49 @@ def failure_message(event: Event) -> str | None:
     return None
 
 
+VM_NAME = "default"
+VM_POLL_MS = 10_000
+STOP_TIMEOUT_S = 30
+_VM_WORDS = {
+    "stopped": "Stopped",
+    "starting": "Starting…",
+    "running": "Running",
+    "stopping": "Stopping…",
+    "paused": "Paused",
+    "crashed": "Crashed",
+}
+START_STATES = frozenset({"stopped", "crashed"})
+STOP_STATES = frozenset({"starting", "running", "paused"})
+
+
 def _machine_status() -> dict[str, Any] | None:
-    """The default VM's status from berthd, or None when no VM exists."""
-    if not (berth_home() / "machines" / "default" / "machine.json").exists():
+    """The default VM's status (worker thread), or None when no VM exists.
+
+    Never starts berthd: when it does not answer, a machine with a spec file is stopped.
+    """
+    if not MachinePaths.for_machine(VM_NAME).spec_file.exists():
         return None
-    status: dict[str, Any] = DaemonClient().call("machine.status", {"name": "default"})
+    try:
+        status: dict[str, Any] = DaemonClient(autostart=False).call(
+            "machine.status", {"name": VM_NAME}, timeout=30
+        )
+    except DaemonError:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(2.0)
+            try:
+                sock.connect(str(socket_path()))
+            except OSError:
+                return {"state": "stopped", "detail": "berthd is not running"}
+        raise
     return status
 
 
 def _machine_call(method: str) -> Any:
-    return DaemonClient().call(method, {"name": "default"})
+    params: dict[str, Any] = {"name": VM_NAME}
+    if method == "machine.stop":
+        params["timeout"] = STOP_TIMEOUT_S
+    # A start blocks for the whole boot; berthd bounds every stage.
+    return DaemonClient().call(method, params, timeout=None)
 
 
 class BerthTray(QObject):
@@ -71,25 +113,35 @@ class BerthTray(QObject):
         self.vm_state_action = QAction("", self.menu)
         self.vm_state_action.setEnabled(False)
         self.open_action = QAction("Open Berth", self.menu)
-        self.vm_toggle_action = QAction("Start the VM", self.menu)
+        self.vm_start_action = QAction("Start the VM", self.menu)
+        self.vm_stop_action = QAction("Stop the VM", self.menu)
         self.quit_action = QAction("Quit Berth", self.menu)
         for a in (self.state_action, self.vm_state_action):
             self.menu.addAction(a)
         self.menu.addSeparator()
         self.menu.addAction(self.open_action)
-        self.menu.addAction(self.vm_toggle_action)
+        self.menu.addAction(self.vm_start_action)
+        self.menu.addAction(self.vm_stop_action)
         self.menu.addSeparator()
         self.menu.addAction(self.quit_action)
         self.icon.setContextMenu(self.menu)
         self.icon.setToolTip("Berth")
         self.open_action.triggered.connect(self.open_requested)
         self.quit_action.triggered.connect(self.quit_requested)
-        self.vm_toggle_action.triggered.connect(self._toggle_vm)
+        self.vm_start_action.triggered.connect(self.start_vm)
+        self.vm_stop_action.triggered.connect(self.stop_vm)
         self.icon.activated.connect(self._activated)
         self.menu.aboutToShow.connect(self.refresh_vm)
         self.notifications: list[tuple[str, str]] = []  # what was shown (for tests and logs)
         self._session: EngineSession | None = None
-        self._vm_running = False
+        self.vm_state = ""  # berthd's word for the VM's state; "" until known
+        self._vm_busy = ""  # the tray's own action in flight ("starting"/"stopping")
+        self._vm_reading = False
+        self._vm_cancelled = False
+        self._vm_timer = QTimer(self)
+        self._vm_timer.setInterval(VM_POLL_MS)
+        self._vm_timer.timeout.connect(self.refresh_vm)
+        self._vm_timer.start()
         ctx.session_changed.connect(self._attach)
         ctx.session_failed.connect(self._failed)
         self._attach(ctx.session)
@@ -160,27 +212,73 @@ class BerthTray(QObject):
 
     # ---- the VM -----------------------------------------------------------------------
     def refresh_vm(self) -> None:
+        """Read the VM's state on a worker (one read at a time)."""
+        if self._vm_reading:
+            return
+        self._vm_reading = True
+
+        def done() -> None:
+            self._vm_reading = False
+
         Op(_machine_status).success(self._vm_status).failure(
             lambda err: self._vm_status({"state": "unknown", "detail": user_message(err)})
-        ).run(self)
+        ).finally_(done).run(self)
 
     def _vm_status(self, status: dict[str, Any] | None) -> None:
         exists = status is not None
-        self.vm_state_action.setVisible(exists)
-        self.vm_toggle_action.setVisible(exists)
+        for action in (self.vm_state_action, self.vm_start_action, self.vm_stop_action):
+            action.setVisible(exists)
         if status is None:
+            self.vm_state = ""
             return
-        state = str(status.get("state"))
-        self._vm_running = state in ("running", "starting", "paused")
-        self.vm_state_action.setText(f"VM: {state}")
-        self.vm_toggle_action.setText("Stop the VM" if self._vm_running else "Start the VM")
+        self.vm_state = str(status.get("state") or "unknown")
+        self._render_vm()
 
-    def _toggle_vm(self) -> None:
-        method = "machine.stop" if self._vm_running else "machine.start"
-        self.vm_state_action.setText("VM: stopping…" if self._vm_running else "VM: starting…")
-        Op(_machine_call, method).success(lambda _r: self.refresh_vm()).failure(
-            lambda err: self.notify("Helper VM", user_message(err))
-        ).run(self)
+    def _render_vm(self) -> None:
+        state = self.vm_state
+        words = _VM_WORDS.get(state, state)
+        if self._vm_busy == "starting":
+            words = "Starting…"
+        elif self._vm_busy == "stopping":
+            words = "Stopping…"
+        self.vm_state_action.setText(f"VM: {words}")
+        idle = not self._vm_busy
+        self.vm_start_action.setEnabled(idle and state in START_STATES)
+        # Stop also cancels a boot, the tray's own included.
+        self.vm_stop_action.setEnabled(
+            self._vm_busy == "starting" or (idle and state in STOP_STATES)
+        )
+
+    def start_vm(self) -> None:
+        if not self.vm_start_action.isEnabled():
+            return
+        self._vm_action("machine.start", "starting")
+
+    def stop_vm(self) -> None:
+        if not self.vm_stop_action.isEnabled():
+            return
+        self._vm_cancelled = self._vm_busy == "starting"
+        self._vm_action("machine.stop", "stopping")
+
+    def _vm_action(self, method: str, busy: str) -> None:
+        self._vm_busy = busy
+        if busy == "starting":
+            self._vm_cancelled = False
+            self.vm_state = "starting"
+        self._render_vm()
+
+        def finished() -> None:
+            if self._vm_busy == busy:
+                self._vm_busy = ""
+            self._render_vm()
+            self.refresh_vm()
+
+        def failed(err: BaseException) -> None:
+            if busy == "starting" and self._vm_cancelled:
+                return  # stopped from the tray while booting: not a failure
+            self.notify("Helper VM", user_message(err))
+
+        Op(_machine_call, method).failure(failed).finally_(finished).run(self)
 
 
 def attach_tray(ctx: AppContext, window: QWidget, quit_app: Any) -> BerthTray | None:

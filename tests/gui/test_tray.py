@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from app.context import AppContext
 from app.tray import BerthTray, failure_message
 from tests.gui.conftest import FakeSession
+from vm_backend.daemon.server import socket_path
 from vm_backend.engine.models import Event
+from vm_backend.machine.paths import MachinePaths
 from vm_backend.settings import Settings
 
 
@@ -45,12 +52,49 @@ def test_tray_notifies_failures_and_engine_loss(qtbot: Any) -> None:
 
 def test_vm_item_hidden_without_a_machine(qtbot: Any) -> None:
     tray = BerthTray(AppContext(Settings()))
-    qtbot.waitUntil(lambda: not tray.vm_toggle_action.isVisible(), timeout=10_000)
+    qtbot.waitUntil(lambda: not tray.vm_start_action.isVisible(), timeout=10_000)
+    assert not tray.vm_stop_action.isVisible() and not tray.vm_state_action.isVisible()
     tray._vm_status({"state": "running"})
-    assert tray.vm_toggle_action.isVisible()
-    assert tray.vm_toggle_action.text() == "Stop the VM"
+    assert tray.vm_start_action.isVisible() and tray.vm_stop_action.isVisible()
+    assert tray.vm_state_action.text() == "VM: Running"
+    assert tray.vm_stop_action.isEnabled() and not tray.vm_start_action.isEnabled()
     tray._vm_status({"state": "stopped"})
-    assert tray.vm_toggle_action.text() == "Start the VM"
+    assert tray.vm_state_action.text() == "VM: Stopped"
+    assert tray.vm_start_action.isEnabled() and not tray.vm_stop_action.isEnabled()
+
+
+@pytest.mark.parametrize(
+    ("state", "start", "stop"),
+    [("stopped", True, False), ("crashed", True, False), ("starting", False, True),
+     ("running", False, True), ("paused", False, True), ("stopping", False, False),
+     ("unknown", False, False)],
+)
+def test_vm_actions_enabled_only_when_they_make_sense(
+    qtbot: Any, state: str, start: bool, stop: bool
+) -> None:
+    tray = BerthTray(AppContext(Settings()))
+    tray._vm_status({"state": state})
+    assert (tray.vm_start_action.isEnabled(), tray.vm_stop_action.isEnabled()) == (start, stop)
+
+
+def test_vm_state_without_berthd_reads_the_files_and_starts_nothing(
+    qtbot: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = Path(tempfile.mkdtemp(prefix="bt-", dir="/tmp"))
+    monkeypatch.setenv("BERTH_HOME", str(home))
+    try:
+        spec_file = MachinePaths.for_machine("default", home).spec_file
+        spec_file.parent.mkdir(parents=True)
+        spec_file.write_text("{}")
+        tray = BerthTray(AppContext(Settings()))
+        qtbot.waitUntil(lambda: tray.vm_state == "stopped", timeout=10_000)
+        assert tray.vm_start_action.isVisible() and tray.vm_start_action.isEnabled()
+        assert not tray.vm_stop_action.isEnabled()
+        tray.menu.aboutToShow.emit()  # opening the menu reads again, still no daemon
+        qtbot.wait(200)
+        assert not socket_path(home).exists()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_closing_the_window_keeps_berth_in_the_tray(qtbot: Any) -> None:
