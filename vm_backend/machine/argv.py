@@ -26,6 +26,17 @@ FW_CFG_HOST_KEY = "opt/berth/ssh_host_ed25519_key"
 FW_CFG_AUTHORIZED_KEYS = "opt/berth/authorized_keys"
 FW_CFG_SHARES = "opt/berth/shares"
 NETDEV_ID = "net0"
+# The data disk (docs/machine.md, "Disk"):
+# * cache=writeback (QEMU's default, pinned): the guest's flushes reach the host disk, so
+#   what the guest fsynced survives a kill -9 of QEMU (tests/vm/test_machine_faults.py);
+#   cache=unsafe would drop flushes.
+# * discard=unmap: fstrim in the guest punches holes in the qcow2 (berth machine reclaim);
+#   detect-zeroes=unmap does the same for blocks the guest overwrites with zeros.
+# * werror=enospc: a full host disk pauses the VM (BLOCK_IO_ERROR) instead of failing
+#   writes in the guest; rerror=report passes read errors to the guest.
+DATA_DISK_OPTIONS = (
+    "cache=writeback,discard=unmap,detect-zeroes=unmap,werror=enospc,rerror=report"
+)
 
 
 def qemu_escape(value: str) -> str:
@@ -133,7 +144,7 @@ def build_argv(
         "readonly=on",
         "-device", "virtio-blk-pci,drive=root",
         "-drive", f"if=none,id=data,file={qemu_escape(str(paths.data_disk))},format=qcow2,"
-        "discard=unmap,werror=enospc,rerror=report",
+        f"{DATA_DISK_OPTIONS}",
         "-device", "virtio-blk-pci,drive=data",
         "-netdev", f"user,id={NETDEV_ID},ipv6=off,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
         "-device", f"virtio-net-pci,netdev={NETDEV_ID}",

@@ -41,6 +41,7 @@ from vm_backend.machine import ports
 from vm_backend.machine.accel import KVM_INTERNAL_ERROR, AccelChoice, AcceleratorProbe
 from vm_backend.machine.argv import build_argv
 from vm_backend.machine.console import ConsoleMarker, SerialConsole
+from vm_backend.machine.disk import ReclaimResult, compact_disk
 from vm_backend.machine.hostinfo import HostInfo, detect_host
 from vm_backend.machine.image import GuestImage, ImageError
 from vm_backend.machine.lock import MachineLock
@@ -257,6 +258,22 @@ class Machine:
                     "Stop the machine, then change the disk size.",
                 )
             _qemu_img(["resize", "-q", "-f", "qcow2", str(disk), f"{spec.disk_gib}G"])
+
+    def compact_disk(self) -> ReclaimResult:
+        """Rewrite the data disk without its unused clusters (docs/machine.md, "Disk").
+
+        Only while the VM is stopped: QEMU must not have the file open. Holds the machine
+        lock, so a start waits for the compaction to finish.
+        """
+        if not self.exists:
+            raise MachineError(f"Machine {self.name!r} does not exist.", "Create it first.")
+        with MachineLock(self.paths.lock_file, self.lock_timeout):
+            if live_qemu(self.paths) is not None:
+                raise MachineError(
+                    "The data disk can only be compacted while the machine is stopped.",
+                    "Stop the machine first; while it runs, reclaim trims the disk instead.",
+                )
+            return compact_disk(self.paths.data_disk)
 
     def delete(self) -> None:
         """Stop (or kill) the VM and remove every file of the machine."""

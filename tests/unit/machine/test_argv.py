@@ -40,8 +40,8 @@ def disks_and_devices(data_disk: str, port: int = 2222) -> list[str]:
     return [
         "-drive", "if=none,id=root,file=/img/rootfs.squashfs,format=raw,readonly=on",
         "-device", "virtio-blk-pci,drive=root",
-        "-drive", f"if=none,id=data,file={data_disk},format=qcow2,discard=unmap,"
-        "werror=enospc,rerror=report",
+        "-drive", f"if=none,id=data,file={data_disk},format=qcow2,cache=writeback,"
+        "discard=unmap,detect-zeroes=unmap,werror=enospc,rerror=report",
         "-device", "virtio-blk-pci,drive=data",
         "-netdev", f"user,id=net0,ipv6=off,hostfwd=tcp:127.0.0.1:{port}-:22",
         "-device", "virtio-net-pci,netdev=net0",
@@ -271,3 +271,24 @@ def test_no_listener_beyond_loopback_ssh(
     assert argv.count("-qmp") == 0  # QMP only through the chardev above
     assert ("-virtfs" in argv) == (host.os is not HostOS.WINDOWS)
     assert argv[-2:] == ["-pidfile", str(paths.pidfile)]
+
+
+@given(
+    host=st.sampled_from([LINUX_X86, MAC_ARM, MAC_X86, WIN, WIN11]),
+    arch=st.sampled_from(list(Arch)),
+    accel=st.sampled_from([a for a in Accelerator if a is not Accelerator.AUTO]),
+)
+def test_data_disk_honours_flushes_and_discards(
+    host: HostInfo, arch: Arch, accel: Accelerator
+) -> None:
+    """fsync in the guest must reach the host disk (kill -9 safety); trims must punch holes."""
+    paths = WIN_PATHS if host.os is HostOS.WINDOWS else POSIX_PATHS
+    argv = build_argv(replace(SPEC, arch=arch), host, paths, replace(IMAGE, arch=arch),
+                      accel=accel, ssh_port=2222)
+    drives = [argv[i + 1] for i, a in enumerate(argv) if a == "-drive"]
+    data = [d for d in drives if d.startswith("if=none,id=data,")]
+    assert len(data) == 1
+    opts = data[0].split(",")
+    assert "cache=unsafe" not in opts and "cache.no-flush=on" not in opts
+    assert "cache=writeback" in opts or not any(o.startswith("cache") for o in opts)
+    assert "discard=unmap" in opts
