@@ -20,6 +20,7 @@ from vm_backend.errors import InputError
 from vm_backend.machine.keys import ensure_machine_keys
 from vm_backend.machine.paths import MachinePaths
 from vm_backend.machine.ssh import GuestSSH
+from vm_backend.units import human_size
 
 DETACH_KEY = b"\x1d"  # Ctrl-]
 
@@ -167,6 +168,15 @@ def cmd_machine(args: argparse.Namespace, out: TextIO) -> int:
             raise InputError(f"Machine {name} is not running.", "Start it: berth machine start")
         out.write(f"export DOCKER_HOST={doc['docker_host']}\n")
         return 0
+    if action == "reclaim":
+        doc = client.call("machine.reclaim", {"name": name, "compact": args.compact})
+        how = "trimmed in the VM" if doc["mode"] == "trim" else "compacted"
+        out.write(
+            f"Data disk {how}: {human_size(doc['before_bytes'])} -> "
+            f"{human_size(doc['after_bytes'])} on this computer "
+            f"({human_size(doc['returned_bytes'])} given back).\n"
+        )
+        return 0
     if action == "console":
         return _console(client, name, out)
     raise InputError(f"Unknown machine command {action!r}.", "See: berth machine --help")
@@ -295,3 +305,7 @@ def add_machine_parser(sub: Any) -> None:
     q.add_argument("--daemon", action="store_true")
     q.add_argument("-n", "--lines", type=int, default=200)
     named("env", "print the DOCKER_HOST to use")
+    q = named("reclaim", "give the data disk's free space back (trim; compact when stopped)")
+    q.add_argument(
+        "--compact", action="store_true", help="compact the disk file (the VM must be stopped)"
+    )

@@ -138,6 +138,15 @@ class Daemon:
                     name, str(params.get("which") or "console"), int(params.get("lines") or 200)
                 )
             }
+        if method == "machine.reclaim":
+            result = self.service(name).reclaim(compact=bool(params.get("compact")))
+            return {
+                "mode": result.mode,
+                "before_bytes": result.before_bytes,
+                "after_bytes": result.after_bytes,
+                "returned_bytes": result.returned_bytes,
+                "detail": result.detail,
+            }
         if method == "machine.spec":
             return spec_to_json(self.service(name).machine.spec)
         raise InputError(f"Unknown method {method!r}.", "Update the berth client and daemon.")

@@ -23,12 +23,14 @@ from vm_backend.errors import BerthError
 from vm_backend.guest.agent import SOCKET_PATH as AGENT_SOCKET
 from vm_backend.machine.agent import AgentClient
 from vm_backend.machine.context import remove_context, write_context
+from vm_backend.machine.disk import ReclaimResult, trim_guest
 from vm_backend.machine.hostinfo import Arch
 from vm_backend.machine.image import GuestImage, ImageError
 from vm_backend.machine.keys import ensure_machine_keys
 from vm_backend.machine.machine import Machine, MachineState, MachineStatus, StopOutcome
 from vm_backend.machine.portfwd import PortForwarder
 from vm_backend.machine.relay import EngineSocketRelay
+from vm_backend.machine.shares import ShareManager
 from vm_backend.machine.spec import MachineSpec, spec_to_json
 from vm_backend.machine.ssh import GuestSSH
 from vm_backend.machine.timeline import Stage, StageRecord
@@ -101,6 +103,7 @@ class MachineService:
         self.relay: EngineSocketRelay | None = None
         self.ports: PortForwarder | None = None
         self.agent: AgentClient | None = None
+        self.shares: ShareManager | None = None
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
         self.machine.add_readiness_hook(Stage.SOCKET, self._open_engine_socket)
         self.machine.on_stage(self._stage_changed)
@@ -170,6 +173,21 @@ class MachineService:
             with contextlib.suppress(BerthError, OSError):
                 remove_context(CONTEXT_NAME)
 
+    def reclaim(self, compact: bool = False) -> ReclaimResult:
+        """Give the data disk's free space back to the host (vm_backend/machine/disk.py).
+
+        Running: fstrim in the guest. Stopped (or ``compact``): compact the qcow2, which
+        the machine refuses plainly while the VM runs.
+        """
+        with self._lock:
+            ssh = self.ssh
+        running = self.machine.status().state is MachineState.RUNNING
+        if compact or not running:
+            return self.machine.compact_disk()
+        if ssh is None:
+            raise BerthError("The VM's SSH session is not open.", "Wait for the start to end.")
+        return trim_guest(ssh, self.machine.paths.data_disk)
+
     def close(self) -> None:
         """berthd is exiting: drop connections, leave the VM running."""
         self._close_data_plane()
@@ -220,11 +238,24 @@ class MachineService:
                     if self.ports is not None:
                         self.agent.on_ports(self.ports.set_guest_ports)
                     self.agent.start()
+        self._start_shares(machine)
         if self.manage_context:
             try:
                 write_context(f"unix://{self.engine_socket}", name=CONTEXT_NAME)
             except (BerthError, OSError) as err:
                 log.warning("could not write the docker context: %s", err)
+
+    def _start_shares(self, machine: Machine) -> None:
+        """Shared folders (docs/shares.md): 9p ones are checked, SFTP ones mounted now.
+
+        A share that fails is reported in ``status_json()["shares"]``, never raised.
+        """
+        with self._lock:
+            if self.shares is not None or self.ssh is None or not machine.spec.shares:
+                return
+            shares = ShareManager(self.ssh, machine.spec, machine.host.os)
+            self.shares = shares
+        shares.start()
 
     @staticmethod
     def _guest_has_agent(ssh: GuestSSH) -> bool:
@@ -237,9 +268,12 @@ class MachineService:
     def _close_data_plane(self) -> None:
         with self._lock:
             agent, self.agent = self.agent, None
+            shares, self.shares = self.shares, None
             ports, self.ports = self.ports, None
             relay, self.relay = self.relay, None
             ssh, self.ssh = self.ssh, None
+        if shares is not None:
+            shares.stop()
         if agent is not None:
             agent.stop()
         if ports is not None:
@@ -265,6 +299,8 @@ class MachineService:
             del doc["agent"]["ports"]  # the forwarded table above is what the user needs
         else:
             doc["agent"] = None
+        shares = self.shares
+        doc["shares"] = [asdict(s) for s in shares.table()] if shares is not None else []
         return doc
 
 
