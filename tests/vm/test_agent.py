@@ -1,0 +1,347 @@
+"""The guest agent against the real guest under QEMU (TCG here), through MachineService.
+
+One boot for the module; the checks share it (docs/agent.md): hello and boot id, TCP and
+UDP ports on the host's 127.0.0.1, a busy host port, the agent killed 10 times, the
+guest clock set an hour wrong, and a QMP stop/cont.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from vm_backend.daemon.service import MachineService
+from vm_backend.machine.agent import AgentClient, AgentSnapshot
+from vm_backend.machine.hostinfo import detect_host
+from vm_backend.machine.image import GuestImage
+from vm_backend.machine.machine import MachineState
+from vm_backend.machine.spec import MachineSpec
+
+pytestmark = pytest.mark.vm
+
+HOST_IMAGE = os.environ.get("BERTH_TEST_IMAGE", "berth-test/busybox:latest")
+DOCKER = shutil.which("docker") or "docker"
+LABEL = "berth.test=agent"
+HTTPD = "mkdir -p /www && echo 'berth test' > /www/index.html && exec httpd -f -p 80 -h /www"
+TCP_PORT = 18080
+BUSY_PORT = 18081
+UDP_CONTAINER_PORT = 18082
+UDP_GUEST_PORT = 18083
+# A UDP echo server run in the guest by its own python3 (the test image's busybox has
+# no UDP server); the agent finds it in the guest's socket table (the fallback path).
+UDP_ECHO = (
+    "import socket\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    f"s.bind(('0.0.0.0', {UDP_GUEST_PORT}))\n"
+    "while True:\n"
+    "    d, a = s.recvfrom(65535)\n"
+    "    s.sendto(b'echo:' + d, a)\n"
+)
+
+
+def wait_for(pred: Callable[[], bool], timeout: float, interval: float = 0.1) -> float | None:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if pred():
+            return time.monotonic() - started
+        time.sleep(interval)
+    return None
+
+
+def http_get(port: int, timeout: float = 3.0) -> bytes | None:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+            return data
+    except OSError:
+        return None
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="module")
+def svc(guest_image: Path) -> Iterator[MachineService]:
+    home = Path(f"/tmp/bag-{uuid.uuid4().hex[:6]}")  # short: unix socket path limit
+    home.mkdir(mode=0o700)
+    host = detect_host()
+    service = MachineService(
+        "agent", home=home, image=GuestImage.from_dir(guest_image), manage_context=False
+    )
+    service.create(MachineSpec(name="agent", cpus=min(2, host.cpus), memory_mib=1536, disk_gib=4))
+    try:
+        started = time.monotonic()
+        status = service.start()
+        assert status.state is MachineState.RUNNING, status
+        print(f"\nboot to engine-ready: {time.monotonic() - started:.1f} s")
+        saved = subprocess.run([DOCKER, "save", HOST_IMAGE], capture_output=True, check=True)
+        load = docker(service, "load", stdin=saved.stdout, timeout=600)
+        assert load.returncode == 0, load.stderr
+        yield service
+    finally:
+        service.machine.kill()
+        service.close()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def docker(
+    svc: MachineService, *args: str, stdin: bytes | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [DOCKER, *args],
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, "DOCKER_HOST": f"unix://{svc.engine_socket}"},
+    )
+
+
+def guest(svc: MachineService, argv: list[str]) -> bytes:
+    assert svc.ssh is not None
+    rc, out, err = svc.ssh.exec(argv, timeout=120)
+    assert rc == 0, err
+    return out
+
+
+def agent(svc: MachineService) -> AgentClient:
+    client = svc.agent
+    assert client is not None, "berthd did not start an agent client"
+    assert client.wait_for(lambda s: s.connected, 120), client.snapshot()
+    return client
+
+
+def row(svc: MachineService, port: int, protocol: str) -> dict[str, object] | None:
+    for r in svc.status_json()["ports"]:
+        if r["host_port"] == port and r["protocol"] == protocol:
+            return dict(r)
+    return None
+
+
+def guest_clock_error(svc: MachineService) -> float:
+    """Guest minus host wall clock, seen over SSH (the exec's latency bounds the error)."""
+    before = time.time()
+    out = guest(svc, ["date", "+%s.%N"])
+    after = time.time()
+    return float(out.decode().strip()) - (before + after) / 2
+
+
+def test_hello_carries_the_boot_id_and_resources(svc: MachineService) -> None:
+    client = agent(svc)
+    boot_id = guest(svc, ["cat", "/proc/sys/kernel/random/boot_id"]).decode().strip()
+    assert client.wait_for(lambda s: s.memory_total_bytes is not None, 60)
+    snap = client.snapshot()
+    assert snap.boot_id == boot_id
+    assert snap.protocol == 1 and snap.agent_version
+    doc = svc.status_json()["agent"]
+    assert doc["connected"] is True and doc["boot_id"] == boot_id
+    assert doc["memory_total_bytes"] > 1024**3  # 1536 MiB VM
+    assert 0 < doc["memory_used_bytes"] < doc["memory_total_bytes"]
+    assert doc["disk_total_bytes"] > 3 * 1024**3  # 4 GiB data disk
+    assert doc["last_heartbeat_age_s"] is not None
+
+
+def test_tcp_port_published_then_closed(svc: MachineService) -> None:
+    run = docker(
+        svc,
+        "run",
+        "-d",
+        "--label",
+        LABEL,
+        "--name",
+        "agent-httpd",
+        "-p",
+        f"{TCP_PORT}:80",
+        HOST_IMAGE,
+        "sh",
+        "-c",
+        HTTPD,
+    )
+    assert run.returncode == 0, run.stderr
+    returned = time.monotonic()
+    took = wait_for(lambda: b"berth test" in (http_get(TCP_PORT) or b""), 60)
+    assert took is not None, svc.status_json()["ports"]
+    print(f"\nfirst answer on the host {time.monotonic() - returned:.2f} s after docker run")
+    r = row(svc, TCP_PORT, "tcp")
+    assert r is not None and r["state"] == "listening"
+    assert r["container_name"] == "agent-httpd" and r["guest_port"] == 80
+    stop = docker(svc, "rm", "-f", "agent-httpd")
+    assert stop.returncode == 0, stop.stderr
+    stopped = time.monotonic()
+    assert wait_for(lambda: not listening(TCP_PORT), 60) is not None
+    print(f"host port closed {time.monotonic() - stopped:.2f} s after docker rm -f")
+    assert row(svc, TCP_PORT, "tcp") is None
+
+
+def test_udp_published_and_forwarded(svc: MachineService) -> None:
+    assert svc.ssh is not None
+    echo = svc.ssh.open_stdio(["python3", "-c", UDP_ECHO])
+    run = docker(
+        svc,
+        "run",
+        "-d",
+        "--label",
+        LABEL,
+        "--name",
+        "agent-udp",
+        "-p",
+        f"{UDP_CONTAINER_PORT}:9999/udp",
+        HOST_IMAGE,
+        "sleep",
+        "600",
+    )
+    try:
+        assert run.returncode == 0, run.stderr
+        # A container's UDP port: a host UDP socket on 127.0.0.1 only.
+        assert (
+            wait_for(
+                lambda: (row(svc, UDP_CONTAINER_PORT, "udp") or {}).get("state") == "listening", 60
+            )
+            is not None
+        ), svc.status_json()["ports"]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe, pytest.raises(OSError):
+            probe.bind(("127.0.0.1", UDP_CONTAINER_PORT))
+        # A guest program's UDP port, found in the guest's socket table: round trips.
+        assert wait_for(lambda: row(svc, UDP_GUEST_PORT, "udp") is not None, 60) is not None
+        r = row(svc, UDP_GUEST_PORT, "udp")
+        assert r is not None and r["source"] == "listener" and r["container_name"] == "python3"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(2)
+            answers = []
+            for i in range(20):
+                client.sendto(f"ping {i}".encode(), ("127.0.0.1", UDP_GUEST_PORT))
+                try:
+                    answers.append(client.recvfrom(65535)[0])
+                except TimeoutError:
+                    continue
+            assert answers, "no UDP answer through the forward"
+            assert all(a.startswith(b"echo:ping ") for a in answers)
+            big = os.urandom(60000)
+            client.settimeout(10)
+            client.sendto(big, ("127.0.0.1", UDP_GUEST_PORT))
+            assert client.recvfrom(65535)[0] == b"echo:" + big
+    finally:
+        echo.close()
+        docker(svc, "rm", "-f", "agent-udp")
+    assert wait_for(lambda: row(svc, UDP_CONTAINER_PORT, "udp") is None, 60) is not None
+
+
+def test_busy_host_port_is_reported(svc: MachineService) -> None:
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", BUSY_PORT))
+        holder.listen(1)
+        run = docker(
+            svc,
+            "run",
+            "-d",
+            "--label",
+            LABEL,
+            "--name",
+            "agent-busy",
+            "-p",
+            f"{BUSY_PORT}:80",
+            HOST_IMAGE,
+            "sh",
+            "-c",
+            HTTPD,
+        )
+        try:
+            assert run.returncode == 0, run.stderr
+            assert wait_for(lambda: row(svc, BUSY_PORT, "tcp") is not None, 60) is not None
+            state = str((row(svc, BUSY_PORT, "tcp") or {})["state"])
+            assert state.startswith("conflict:") and "in use" in state, state
+        finally:
+            docker(svc, "rm", "-f", "agent-busy")
+
+
+def _fds_and_threads() -> tuple[int, int]:
+    return len(os.listdir("/proc/self/fd")), threading.active_count()
+
+
+def test_agent_killed_ten_times_comes_back(svc: MachineService) -> None:
+    client = agent(svc)
+    run = docker(
+        svc,
+        "run",
+        "-d",
+        "--label",
+        LABEL,
+        "--name",
+        "agent-kill",
+        "-p",
+        f"{TCP_PORT}:80",
+        HOST_IMAGE,
+        "sh",
+        "-c",
+        HTTPD,
+    )
+    assert run.returncode == 0, run.stderr
+    try:
+        assert wait_for(lambda: b"berth test" in (http_get(TCP_PORT) or b""), 60) is not None
+        time.sleep(1)
+        before = _fds_and_threads()
+        first_connects = client.snapshot().connects
+        for i in range(10):
+            old_pid = guest(svc, ["cat", "/run/berth/agent.pid"]).decode().strip()
+            guest(svc, ["kill", "-9", old_pid])
+            want = first_connects + i + 1
+
+            def back(s: AgentSnapshot, want: int = want) -> bool:
+                return s.connected and s.connects >= want
+
+            assert client.wait_for(back, 120), (i, client.snapshot())
+            new_pid = guest(svc, ["cat", "/run/berth/agent.pid"]).decode().strip()
+            assert new_pid != old_pid
+        assert wait_for(lambda: b"berth test" in (http_get(TCP_PORT) or b""), 30) is not None
+        assert row(svc, TCP_PORT, "tcp") is not None
+        # Give closed channels' threads a moment to end, then compare.
+        settled = wait_for(lambda: _fds_and_threads() <= (before[0] + 2, before[1] + 1), 30)
+        after = _fds_and_threads()
+        print(f"\nfds/threads before {before}, after 10 kills {after}")
+        assert settled is not None, (before, after)
+    finally:
+        docker(svc, "rm", "-f", "agent-kill")
+
+
+def test_clock_an_hour_wrong_is_corrected(svc: MachineService) -> None:
+    agent(svc)
+    wrong = int(time.time()) - 3600
+    guest(svc, ["date", "-s", f"@{wrong}"])
+    assert guest_clock_error(svc) < -3000
+    set_at = time.monotonic()
+    took = wait_for(lambda: abs(guest_clock_error(svc)) < 1.0, 60, interval=0.5)
+    assert took is not None, guest_clock_error(svc)
+    print(f"\nclock an hour behind: corrected {time.monotonic() - set_at:.1f} s after")
+    assert took < 15
+
+
+def test_clock_after_qmp_stop_and_cont(svc: MachineService) -> None:
+    client = agent(svc)
+    assert abs(guest_clock_error(svc)) < 1.0
+    svc.machine.pause()
+    time.sleep(10)
+    svc.machine.resume()
+    resumed = time.monotonic()
+    took = wait_for(lambda: abs(guest_clock_error(svc)) < 1.0, 60, interval=0.5)
+    assert took is not None, guest_clock_error(svc)
+    print(
+        f"\nafter 10 s paused: clock right {time.monotonic() - resumed:.1f} s after cont;"
+        f" agent {client.snapshot()}"
+    )
+    assert took < 15
