@@ -66,6 +66,27 @@ def _status_text(doc: dict[str, Any], out: TextIO) -> None:
         out.write(f"QEMU:         pid {doc['pid']}, RSS {res['qemu_rss_bytes'] // 2**20} MiB\n")
     if doc.get("uptime_s"):
         out.write(f"Uptime:       {doc['uptime_s']:.0f} s\n")
+    agent = doc.get("agent")
+    if agent:  # docs/agent.md
+        if agent.get("connected"):
+            age = agent.get("last_heartbeat_age_s")
+            offset = agent.get("clock_offset_s")
+            out.write(
+                f"Agent:        connected, v{agent['agent_version']}, boot {agent['boot_id'][:8]}"
+                + (f", heartbeat {age:.1f} s ago" if age is not None else "")
+                + (f", clock off by {offset * 1000:+.0f} ms" if offset is not None else "")
+                + "\n"
+            )
+        else:
+            out.write(f"Agent:        not connected  {agent.get('error') or ''}\n")
+        if agent.get("memory_total_bytes"):
+            disk = agent.get("disk_total_bytes") or 0
+            out.write(
+                f"Guest:        memory {agent['memory_used_bytes'] // 2**20}/"
+                f"{agent['memory_total_bytes'] // 2**20} MiB, disk "
+                f"{(agent.get('disk_used_bytes') or 0) // 2**20}/{disk // 2**20} MiB, "
+                f"CPU {agent.get('cpu_percent') or 0:.0f}%\n"
+            )
     ports = doc.get("ports") or []
     if ports:
         out.write("Published ports:\n")
