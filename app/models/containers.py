@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import html
 import logging
+import queue
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from PySide6.QtCore import (
@@ -479,8 +480,10 @@ class ContainersProxy(QSortFilterProxyModel):
         if not isinstance(model, ContainersModel) or source_parent.isValid():
             return False
         c = model.container_at_row(source_row)
-        if c is None:
-            return False
+        return c is not None and self.accepts(c)
+
+    def accepts(self, c: Container) -> bool:
+        """Whether the search and state filter show ``c``."""
         return self._state_matches(c) and self._search_matches(c)
 
     def _state_matches(self, c: Container) -> bool:
@@ -546,12 +549,58 @@ class _Reader(threading.Thread):
             stream.close()
             self.pool.reader_ended(self)
 
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
+
     def stop(self) -> None:
         self._stopped.set()
         with self._lock:
             stream = self._stream
         if stream is not None:
             stream.close()  # shuts the socket down: the blocked read returns at once
+
+
+class _Control:
+    """One daemon thread that starts and stops stats readers, in order, off the GUI thread.
+
+    ``Thread.start()`` waits until the new thread runs and closing a stream shuts a socket
+    down: both took milliseconds each on a loaded machine, on the GUI thread, when a burst
+    of container changes moved the streams around.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="berth-stats-control", daemon=True
+                )
+                self._thread.start()
+        self._queue.put(fn)
+
+    def _loop(self) -> None:
+        while True:
+            fn = self._queue.get()
+            try:
+                fn()
+            except Exception:  # one failed start or stop must not end the loop
+                log.exception("stats stream control failed")
+
+
+_control = _Control()
+
+
+def _stop_and_start(stale: Sequence[_Reader], fresh: Sequence[_Reader]) -> None:
+    for r in stale:
+        r.stop()
+    for r in fresh:
+        if not r.stopped:
+            r.start()
 
 
 class StatsPool(QObject):
@@ -616,10 +665,8 @@ class StatsPool(QObject):
             for r in fresh:
                 self._readers[r.cid] = r
             running = bool(self._readers)
-        for r in stale:
-            r.stop()
-        for r in fresh:
-            r.start()
+        if stale or fresh:
+            _control.submit(lambda: _stop_and_start(stale, fresh))
         if running and not self._timer.isActive():
             self._timer.start()
         elif not running:
