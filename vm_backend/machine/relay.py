@@ -141,7 +141,13 @@ def bind_private_socket(path: Path, backlog: int = 128) -> tuple[socket.socket, 
 
 
 class _Connection:
-    """One relayed client: a client socket, one SSH channel, two pump threads."""
+    """One relayed client: a client socket, one SSH channel, two pump threads.
+
+    Every path ends in :meth:`_release`, exactly once, after both pump halves are done:
+    it closes the channel and the client socket and removes the connection from the
+    relay's count, whatever failed on the way (a channel that cannot be opened, a thread
+    that cannot be started, a transport that dies while the channel is being closed).
+    """
 
     def __init__(self, relay: EngineSocketRelay, client: socket.socket, number: int) -> None:
         self.relay = relay
@@ -150,6 +156,7 @@ class _Connection:
         self.chan: Channel | None = None
         self._lock = threading.Lock()
         self._halves_done = 0
+        self._up_done = False
         self._aborted = False
         self._finished = False
 
@@ -164,20 +171,26 @@ class _Connection:
                 log.exception("engine socket: unexpected error opening a channel")
             # Closing without a reply is what a dead engine socket looks like to a client:
             # docker-py/CLI report "connection reset/EOF", and the daemon logs the reason.
-            self._halves_done = 1
+            self._half_done(up=True)
             self._half_done()
             return
         with self._lock:
             self.chan = chan
             aborted = self._aborted
         if aborted:
-            self._half_done()
+            self._half_done(up=True)
             self._half_done()
             return
-        down = threading.Thread(
-            target=self.run_down, name=f"berth-relay-down-{self.number}", daemon=True
-        )
-        down.start()
+        try:
+            threading.Thread(
+                target=self.run_down, name=f"berth-relay-down-{self.number}", daemon=True
+            ).start()
+        except RuntimeError as exc:  # "can't start new thread": out of threads
+            log.warning("engine socket: cannot start a pump thread: %s", exc)
+            self._abort(str(exc))
+            self._half_done(up=True)
+            self._half_done()
+            return
         try:
             while True:
                 data = self.client.recv(_CHUNK)
@@ -190,10 +203,16 @@ class _Connection:
         except (OSError, EOFError, SSHException) as exc:
             self._abort(f"client to guest: {exc}")
         finally:
-            self._half_done()
+            self._half_done(up=True)
 
     def run_down(self) -> None:
-        """Thread 2: channel -> client; the channel's EOF becomes the client's EOF."""
+        """Thread 2: channel -> client; the channel's EOF becomes the client's EOF.
+
+        After the EOF it stays until the channel is closed or the client side is done: a
+        guest that *closes* the channel (a dial-stdio process exiting, sshd after both
+        EOFs) can take nothing more from the client, so the client is cut then, as
+        OpenSSH's ``ssh -L`` does, rather than left waiting until it writes or hangs up.
+        """
         chan = self.chan
         assert chan is not None
         try:
@@ -204,10 +223,26 @@ class _Connection:
                 self.client.sendall(data)
             if not self._aborted:
                 self.client.shutdown(socket.SHUT_WR)
+            if self._wait_channel_closed(chan):
+                self._abort("the guest closed the channel")
         except (OSError, EOFError, SSHException) as exc:
             self._abort(f"guest to client: {exc}")
         finally:
             self._half_done()
+
+    def _wait_channel_closed(self, chan: Channel) -> bool:
+        """Block until the channel is closed (True) or the upstream half is done (False).
+
+        paramiko notifies ``out_buffer_cv`` (a condition on the channel's lock) when the
+        channel closes; :meth:`_half_done` notifies it when the upstream half ends. A
+        channel without them (a test double) is not waited for.
+        """
+        cv: threading.Condition | None = getattr(chan, "out_buffer_cv", None)
+        if cv is None:
+            return False
+        with cv:
+            cv.wait_for(lambda: chan.closed or self._up_done)
+            return bool(chan.closed) and not self._up_done
 
     def _wait_client_hangup(self) -> None:
         """After the client's EOF, wait until it hangs up completely or we finish.
@@ -246,29 +281,54 @@ class _Connection:
         # Both calls wake the pump threads: recv() on a closed channel returns b"", and
         # shutdown() makes the client socket's recv return and poll report HUP.
         if chan is not None:
-            chan.close()
+            _close_channel(chan, self.number)
         with contextlib.suppress(OSError):
             self.client.shutdown(socket.SHUT_RDWR)
 
-    def _half_done(self) -> None:
+    def _half_done(self, up: bool = False) -> None:
         with self._lock:
             self._halves_done += 1
-            if self._halves_done < 2 or self._finished:
-                return
-            self._finished = True
+            if up:
+                self._up_done = True
+            last = self._halves_done >= 2 and not self._finished
+            if last:
+                self._finished = True
             chan = self.chan
-        if chan is not None:
-            if chan.recv_stderr_ready():
-                # Only an exec'd relay (dial-stdio) has stderr; it explains an early EOF.
-                err = chan.recv_stderr(4096).decode("utf-8", "replace").strip()
-                log.warning("engine socket: guest relay command said: %s", err)
-            chan.close()
-        with contextlib.suppress(OSError):
-            self.client.close()
-        self.relay._forget(self)
+        if up and chan is not None:
+            # Wake run_down if it waits for the channel to close (_wait_channel_closed).
+            cv: threading.Condition | None = getattr(chan, "out_buffer_cv", None)
+            if cv is not None:
+                with cv:
+                    cv.notify_all()
+        if last:
+            self._release(chan)
+
+    def _release(self, chan: Channel | None) -> None:
+        try:
+            if chan is not None:
+                try:
+                    if chan.recv_stderr_ready():
+                        # Only an exec'd relay (dial-stdio) has stderr; it explains an
+                        # early EOF.
+                        err = chan.recv_stderr(4096).decode("utf-8", "replace").strip()
+                        log.warning("engine socket: guest relay command said: %s", err)
+                finally:
+                    _close_channel(chan, self.number)
+        finally:
+            with contextlib.suppress(OSError):
+                self.client.close()
+            self.relay._forget(self)
 
     def abort(self) -> None:
         self._abort("relay stopping")
+
+
+def _close_channel(chan: Channel, number: int) -> None:
+    """Close ``chan``; a transport dying meanwhile (paramiko raises then) is only logged."""
+    try:
+        chan.close()
+    except (OSError, EOFError, SSHException) as exc:
+        log.debug("engine socket connection %d: closing its channel: %s", number, exc)
 
 
 class EngineSocketRelay:
@@ -413,9 +473,14 @@ class EngineSocketRelay:
             )
             client.close()
             return
-        threading.Thread(
-            target=conn.run_up, name=f"berth-relay-up-{conn.number}", daemon=True
-        ).start()
+        try:
+            threading.Thread(
+                target=conn.run_up, name=f"berth-relay-up-{conn.number}", daemon=True
+            ).start()
+        except RuntimeError as exc:  # "can't start new thread": out of threads
+            log.warning("engine socket: cannot start a pump thread: %s", exc)
+            conn._half_done(up=True)
+            conn._half_done()
 
     def _forget(self, conn: _Connection) -> None:
         with self._idle:
