@@ -37,6 +37,7 @@ from paramiko.sftp import SFTP_OK, SFTP_OP_UNSUPPORTED, SFTP_PERMISSION_DENIED
 
 from vm_backend.errors import BerthError
 from vm_backend.machine.hostinfo import HostOS
+from vm_backend.machine.ssh import SSHState
 
 if TYPE_CHECKING:
     from paramiko import Channel
@@ -113,7 +114,7 @@ def guest_path_for(host_path: str, host_os: HostOS) -> str:
         parts = [p for p in rest.replace("\\", "/").split("/") if p]
         letter = drive.rstrip(":").lower()
         return posixpath.normpath("/" + "/".join([letter, *parts] if letter else parts))
-    return posixpath.normpath(host_path)
+    return posixpath.normpath("/" + host_path.lstrip("/"))
 
 
 def reserved_guest_path(path: str) -> bool:
@@ -253,7 +254,7 @@ class ConfinedSFTP(SFTPServerInterface):
 
     # ---- path mapping ---------------------------------------------------------------------
     def _host(self, path: str) -> str:
-        parts = [p for p in posixpath.normpath("/" + path).split("/") if p]
+        parts = [p for p in posixpath.normpath("/" + path.lstrip("/")).split("/") if p]
         return os.path.join(self.root, *parts) if parts else self.root
 
     def _inside(self, real: str) -> bool:
@@ -282,7 +283,7 @@ class ConfinedSFTP(SFTPServerInterface):
 
     # ---- SFTPServerInterface --------------------------------------------------------------
     def canonicalize(self, path: str) -> str:
-        return posixpath.normpath("/" + path)
+        return posixpath.normpath("/" + path.lstrip("/"))
 
     def open(self, path: str, flags: int, attr: SFTPAttributes) -> SFTPHandle | int:
         if self.read_only and _is_write(flags):
@@ -571,8 +572,9 @@ class ShareManager:
             tags = list(self._mounts)
         for tag in tags:
             plan = next(p for p in self.plans if p.tag == tag)
-            with contextlib.suppress(Exception):
-                self.ssh.exec(["umount", "-l", plan.guest_path], timeout=10)
+            if self.ssh.state is SSHState.CONNECTED:  # a dead VM needs no unmount
+                with contextlib.suppress(Exception):
+                    self.ssh.exec(["umount", "-l", plan.guest_path], timeout=10)
             self._drop(tag)
         for plan in self.plans:
             self._set(plan.tag, ShareState.STOPPED)
