@@ -184,6 +184,9 @@ berth_stage sshd
 
 # --------------------------------------------------------------------------
 # engine: dockerd on the unix socket only (never TCP).
+# --host-gateway-ip: `--add-host host.docker.internal:host-gateway` (compose:
+# extra_hosts) resolves to QEMU's user-net gateway 10.0.2.2, which is the host's
+# loopback (docs/diagnose.md), not the VM's own docker0.
 # --------------------------------------------------------------------------
 alive() {
     kill -0 "$(cat "$BERTH_RUN/$1.pid")" 2>/dev/null
@@ -200,6 +203,7 @@ setsid /usr/sbin/dockerd -H unix:///var/run/docker.sock --data-root /var/lib/doc
     --containerd /run/containerd/containerd.sock \
     --exec-root /run/docker --pidfile /run/docker.pid \
     --log-driver json-file --log-opt max-size=10m --log-opt max-file=3 \
+    --host-gateway-ip 10.0.2.2 \
     < /dev/null > "$BERTH_LOG/dockerd.log" 2>&1 &
 echo $! > "$BERTH_RUN/dockerd.pid"
 engine_ok() {
