@@ -198,6 +198,21 @@ def cmd_machine(args: argparse.Namespace, out: TextIO) -> int:
             f"({human_size(doc['returned_bytes'])} given back).\n"
         )
         return 0
+    if action == "diagnose":
+        from vm_backend.daemon.diagnose import format_checks
+
+        params = {"name": name, "image": args.image}
+        if args.bundle:
+            params["bundle"] = os.path.abspath(args.bundle)
+        doc = client.call("machine.diagnose", params)
+        if args.json:
+            json.dump({"schema": 1, **doc}, out, indent=2)
+            out.write("\n")
+        else:
+            out.write(format_checks(doc, name))
+            if doc.get("bundle"):
+                out.write(f"Support bundle written to {doc['bundle']['path']} (secrets removed).\n")
+        return 0 if doc["ok"] else 1
     if action == "console":
         return _console(client, name, out)
     raise InputError(f"Unknown machine command {action!r}.", "See: berth machine --help")
@@ -326,6 +341,10 @@ def add_machine_parser(sub: Any) -> None:
     q.add_argument("--daemon", action="store_true")
     q.add_argument("-n", "--lines", type=int, default=200)
     named("env", "print the DOCKER_HOST to use")
+    q = named("diagnose", "check each network and sharing hop; name the broken one")
+    q.add_argument("--json", action="store_true")
+    q.add_argument("--bundle", metavar="FILE", help="also write a redacted support bundle")
+    q.add_argument("--image", help="image to run the test containers from (default: busybox)")
     q = named("reclaim", "give the data disk's free space back (trim; compact when stopped)")
     q.add_argument(
         "--compact", action="store_true", help="compact the disk file (the VM must be stopped)"

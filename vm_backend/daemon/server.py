@@ -149,7 +149,24 @@ class Daemon:
             }
         if method == "machine.spec":
             return spec_to_json(self.service(name).machine.spec)
+        if method == "machine.diagnose":
+            return self._diagnose(name, params)
         raise InputError(f"Unknown method {method!r}.", "Update the berth client and daemon.")
+
+    def _diagnose(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Hop-by-hop checks, and the support bundle when asked (docs/diagnose.md)."""
+        from vm_backend.daemon.diagnose import checks_to_json, run_checks, write_bundle
+
+        svc = self.service(name)
+        bundle = params.get("bundle")
+        if bundle and not os.path.isabs(str(bundle)):
+            raise InputError("The bundle path must be absolute.", "Give the full path.")
+        checks = run_checks(svc, str(params["image"]) if params.get("image") else None)
+        doc = checks_to_json(checks)
+        if bundle:
+            log_path = daemon_dir(self.home) / "berthd.log"
+            doc["bundle"] = write_bundle(svc, Path(str(bundle)), checks, log_path)
+        return doc
 
     def _log_tail(self, name: str, which: str, lines: int) -> str:
         paths = self.service(name).machine.paths
