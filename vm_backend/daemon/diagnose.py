@@ -520,9 +520,9 @@ class Redactor:
         for value in self.values:
             text = text.replace(value, REDACTED)
         text = _PEM.sub("<redacted private key>", text)
+        text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
         text = _ENV_ASSIGN.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
-        text = _SECRET_KEY.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
-        return _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+        return _SECRET_KEY.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
 
     def leaks(self, text: str) -> bool:
         return any(v in text for v in self.values)

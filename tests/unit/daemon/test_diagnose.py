@@ -1,0 +1,126 @@
+"""Diagnose: report shape, human text, redaction and the bundle file (no VM here).
+
+The real hops are checked against a booted guest in tests/vm/test_diagnose.py.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tarfile
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from vm_backend.daemon.diagnose import (
+    FAILED,
+    OK,
+    SKIPPED,
+    WARNING,
+    Check,
+    Redactor,
+    _host_http,
+    _token_server,
+    checks_to_json,
+    first_broken,
+    format_checks,
+    write_bundle,
+)
+from vm_backend.machine.hostinfo import Arch
+
+CHECKS = [
+    Check("vm", OK, "running"),
+    Check("dns-vm", WARNING, "no upstream DNS"),
+    Check("share:home", FAILED, "the shared folder /x no longer exists", "Create it again."),
+    Check("share:other", FAILED, "second failure", "Other fix."),
+    Check("port-on-host", SKIPPED, "not checked"),
+]
+
+
+def test_first_broken_hop_is_the_first_failure_and_warnings_do_not_count() -> None:
+    assert first_broken(CHECKS) is CHECKS[2]
+    doc = checks_to_json(CHECKS)
+    assert doc["ok"] is False and doc["first_broken"] == "share:home"
+    assert [c["ok"] for c in doc["checks"]] == [True, True, False, False, False]
+    assert checks_to_json(CHECKS[:2]) == {
+        "ok": True, "first_broken": None,
+        "checks": [
+            {"name": "vm", "status": "ok", "detail": "running", "fix": "", "ok": True},
+            {"name": "dns-vm", "status": "warning", "detail": "no upstream DNS", "fix": "",
+             "ok": True},
+        ],
+    }
+
+
+def test_human_text_names_the_broken_hop_and_its_fix() -> None:
+    text = format_checks(checks_to_json(CHECKS), "default")
+    lines = text.splitlines()
+    assert lines[0] == "Diagnose of machine default:"
+    assert any(line.startswith("  [ok  ] vm") for line in lines)
+    assert any("[warn] dns-vm" in line for line in lines)
+    assert any("[skip] port-on-host" in line for line in lines)
+    assert lines[-1] == "First broken hop: share:home. Create it again."
+    assert "Every hop works." in format_checks(checks_to_json(CHECKS[:1]), "default")
+
+
+def test_redactor_removes_env_values_keys_and_tokens() -> None:
+    canary = "c4n4ry-" + os.urandom(8).hex()
+    redact = Redactor({canary, "ab"})  # values under 3 characters are too common to mask
+    text = (
+        f"starting with {canary} inside\n"
+        "env DATABASE_URL=postgres://u:pw@db/x and PATH=/usr/bin\n"
+        'config {"api_key": "sk-123456", "password":"hunter2"} token=abc.def\n'
+        "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.payload.sig\n"
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXk=\n-----END OPENSSH PRIVATE KEY-----\n"
+        "kept: berth.data=/dev/vdb ab\n"
+    )
+    out = redact(text)
+    assert canary not in out and not redact.leaks(out)
+    for secret in ("postgres://", "sk-123456", "hunter2", "abc.def", "eyJhbGci", "b3BlbnNzaC1rZXk"):
+        assert secret not in out, secret
+    assert "DATABASE_URL=<redacted>" in out and "<redacted private key>" in out
+    assert "kept: berth.data=/dev/vdb ab" in out
+
+
+def test_token_server_answers_http_on_loopback() -> None:
+    with _token_server("tok123") as port:
+        assert _host_http(port) == "tok123"
+
+
+def _fake_service(tmp_path: Path) -> Any:
+    for name in ("machine.json", "console.log", "qemu.log"):
+        (tmp_path / name).write_text(f"{name} SECRET_TOKEN=s3cr3t-value\n")
+    paths = SimpleNamespace(
+        spec_file=tmp_path / "machine.json",
+        console_log=tmp_path / "console.log",
+        qemu_log=tmp_path / "qemu.log",
+    )
+    machine = SimpleNamespace(paths=paths, spec=SimpleNamespace(arch=Arch.AMD64))
+    return SimpleNamespace(
+        machine=machine, relay=None, ssh=None,
+        status_json=lambda: {"name": "default", "state": "stopped", "shares": []},
+    )
+
+
+def test_bundle_is_private_complete_and_redacted(tmp_path: Path) -> None:
+    daemon_log = tmp_path / "berthd.log"
+    daemon_log.write_text(
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----\n"
+    )
+    dest = tmp_path / "out" / "bundle.tar.gz"
+    dest.parent.mkdir()
+    result = write_bundle(_fake_service(tmp_path), dest, CHECKS, daemon_log)
+    assert result["path"] == str(dest)
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o600
+    with tarfile.open(dest) as tar:
+        names = {m.name.removeprefix("berth-bundle/") for m in tar.getmembers()}
+        assert {
+            "README.txt", "diagnose.json", "versions.json", "status.json", "containers.json",
+            "machine.json", "logs/console.log", "logs/qemu.log", "logs/berthd.log",
+        } <= names
+        blob = b"".join(
+            tar.extractfile(m).read()  # type: ignore[union-attr]
+            for m in tar.getmembers() if m.isfile()
+        )
+    assert b"s3cr3t-value" not in blob and b"MIIEow" not in blob
+    assert b"share:home" in blob and b"berth" in blob
