@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import select
 import shutil
 import sys
@@ -95,6 +96,13 @@ def _status_text(doc: dict[str, Any], out: TextIO) -> None:
                 f"  {p['host_address']}:{p['host_port']} -> {p['container_name']}:"
                 f"{p['guest_port']}/{p['protocol']}  {p['state']}\n"
             )
+    shares = doc.get("shares") or []
+    if shares:  # docs/shares.md
+        out.write("Shared folders:\n")
+        for sh in shares:
+            ro = ", read-only" if sh["read_only"] else ""
+            err = f": {sh['error']}" if sh.get("error") else ""
+            out.write(f"  {sh['host_path']} ({sh['transport']}{ro})  {sh['state']}{err}\n")
     stages = [s for s in doc.get("timeline") or [] if s.get("state") != "pending"]
     if stages:
         out.write("Boot timeline:\n")
@@ -118,6 +126,7 @@ def cmd_machine(args: argparse.Namespace, out: TextIO) -> int:
             "disk_gib": args.disk,
             "accelerator": args.accel,
             "memory_mib": _memory_mib(args.memory),
+            "shares": _shares_param(args),
         }
         params = {k: v for k, v in params.items() if v is not None}
         spec = client.call("machine.init", params)
@@ -133,6 +142,7 @@ def cmd_machine(args: argparse.Namespace, out: TextIO) -> int:
             "disk_gib": args.disk,
             "accelerator": args.accel,
             "memory_mib": _memory_mib(args.memory),
+            "shares": _shares_param(args),
         }
         spec = client.call("machine.set", {k: v for k, v in params.items() if v is not None})
         out.write(
@@ -305,6 +315,33 @@ def _ssh(args: argparse.Namespace, out: TextIO) -> int:
         ssh.close()
 
 
+def _shares_param(args: argparse.Namespace) -> list[dict[str, Any]] | None:
+    """``--share``/``--share-ro`` → the spec's share list (None: leave it unchanged)."""
+    paths = [(p, False) for p in args.share or []] + [(p, True) for p in args.share_ro or []]
+    if not paths and not getattr(args, "no_shares", False):
+        return None
+    out: list[dict[str, Any]] = []
+    used: set[str] = set()
+    for raw, read_only in paths:
+        path = os.path.abspath(os.path.expanduser(raw))
+        base = re.sub(r"[^A-Za-z0-9_-]", "-", os.path.basename(path.rstrip("/\\")))[:24]
+        tag, n = base or "share", 1
+        while tag in used:
+            n += 1
+            tag = f"{base or 'share'}-{n}"
+        used.add(tag)
+        out.append({"host_path": path, "tag": tag, "read_only": read_only,
+                    "transport": args.share_transport})
+    return out
+
+
+def _add_share_args(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--share", action="append", metavar="DIR",
+                   help="share a host folder at the same path in the VM (repeatable)")
+    q.add_argument("--share-ro", action="append", metavar="DIR", help="share read-only")
+    q.add_argument("--share-transport", choices=["auto", "9p", "sftp"], default="auto")
+
+
 def add_machine_parser(sub: Any) -> None:
     p = sub.add_parser("machine", help="the helper VM (Linux containers on macOS/Windows)")
     p.set_defaults(func=cmd_machine)
@@ -321,11 +358,14 @@ def add_machine_parser(sub: Any) -> None:
     q.add_argument("--memory", default=None, help="MiB, or a size such as 4g")
     q.add_argument("--disk", type=int, default=None, help="data disk size in GiB")
     q.add_argument("--accel", choices=["auto", "kvm", "hvf", "whpx", "tcg"], default=None)
+    _add_share_args(q)
     q = named("set", "change CPUs, memory, disk (grow only) or accelerator")
     q.add_argument("--cpus", type=int, default=None)
     q.add_argument("--memory", default=None)
     q.add_argument("--disk", type=int, default=None)
     q.add_argument("--accel", choices=["auto", "kvm", "hvf", "whpx", "tcg"], default=None)
+    _add_share_args(q)
+    q.add_argument("--no-shares", action="store_true", help="remove every shared folder")
     named("start", "boot the VM and wait until its engine answers")
     q = named("stop", "power the VM off cleanly")
     q.add_argument("--timeout", type=float, default=None, help="seconds before forcing")

@@ -239,3 +239,22 @@ def test_read_only_share_refuses_every_change(ro: paramiko.SFTPClient, tree: Pat
         assert _errno_of(call) == errno.EACCES
     assert sorted(os.listdir(tree)) == before
     assert (tree / "hello.txt").read_text() == "hello\n"
+
+
+def test_cli_share_options_build_the_share_list() -> None:
+    import argparse
+
+    from vm_backend.daemon.cli_machine import _shares_param, add_machine_parser
+
+    parser = argparse.ArgumentParser()
+    add_machine_parser(parser.add_subparsers())
+    args = parser.parse_args(
+        ["machine", "init", "--share", "/srv/a b", "--share-ro", "/x/a b",
+         "--share-transport", "sftp"]
+    )
+    assert _shares_param(args) == [
+        {"host_path": "/srv/a b", "tag": "a-b", "read_only": False, "transport": "sftp"},
+        {"host_path": "/x/a b", "tag": "a-b-2", "read_only": True, "transport": "sftp"},
+    ]
+    assert _shares_param(parser.parse_args(["machine", "set"])) is None
+    assert _shares_param(parser.parse_args(["machine", "set", "--no-shares"])) == []
