@@ -23,16 +23,12 @@ from typing import Any
 
 import psutil
 
-from vm_backend.errors import BerthError
 from vm_backend.machine.hostinfo import Arch, HostInfo, HostOS
+from vm_backend.machine.qemu_lookup import QemuMissingError, qemu_system
 from vm_backend.machine.spec import Accelerator
 
 KVM_INTERNAL_ERROR = "KVM internal error"
 _BANNER = b"Linux version"
-
-
-class QemuMissingError(BerthError):
-    """The QEMU system emulator cannot be found or started."""
 
 
 @dataclass(frozen=True)
@@ -145,7 +141,9 @@ class AcceleratorProbe:
                 f"an {guest_arch.value} guest on an {self.host.arch.value} host can only be "
                 "emulated — running in slow mode (TCG)",
             )
-        qemu = self.qemu_binary or guest_arch.qemu_system
+        # The bundled QEMU first, then Homebrew/MacPorts, the Windows installer's folder, PATH
+        # (qemu_lookup); a missing QEMU is a QemuMissingError naming what to install.
+        qemu = self.qemu_binary or self.locate_qemu(guest_arch)
         native = {
             HostOS.LINUX: Accelerator.KVM,
             HostOS.DARWIN: Accelerator.HVF,
@@ -170,6 +168,9 @@ class AcceleratorProbe:
         return AccelChoice(Accelerator.TCG, f"{why} — running in slow mode (TCG)")
 
     # The methods below touch the host; tests replace them.
+
+    def locate_qemu(self, arch: Arch) -> str:
+        return str(qemu_system(arch, host_os=self.host.os))
 
     def available_accelerators(self, qemu: str) -> frozenset[str]:
         return qemu_accelerators(qemu)

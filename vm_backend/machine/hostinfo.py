@@ -101,7 +101,10 @@ def qemu_version(binary: str) -> tuple[int, int] | None:
 def detect_host() -> HostInfo:
     """Describe the machine we are running on."""
     arch = _host_arch()
-    version = qemu_version(arch.qemu_system) or (7, 2)
+    from vm_backend.machine.qemu_lookup import find_program  # imports this module
+
+    found = find_program(arch.qemu_system)
+    version = (qemu_version(str(found)) if found else None) or (7, 2)
     return HostInfo(
         os=_host_os(),
         arch=arch,

@@ -25,6 +25,9 @@ class FakeProbe(AcceleratorProbe):
         self.problem = problem
         self.calls = 0
 
+    def locate_qemu(self, arch: Arch) -> str:
+        return arch.qemu_system  # the lookup itself is tested in test_qemu_lookup.py
+
     def available_accelerators(self, qemu: str) -> frozenset[str]:
         return self.accels
 
