@@ -43,6 +43,14 @@ def _connect(path: Path, timeout: float | None = 5.0) -> socket.socket:
     return sock
 
 
+def berthd_command() -> list[str]:
+    """How to run berthd: the ``berthd`` next to a frozen bundle's executable, else -m."""
+    if getattr(sys, "frozen", False):
+        name = "berthd.exe" if sys.platform == "win32" else "berthd"
+        return [str(Path(sys.executable).with_name(name))]
+    return [sys.executable, "-m", "vm_backend.daemon.server"]
+
+
 def ensure_daemon(home: Path | None = None) -> Path:
     """The daemon's socket path, starting berthd first if nothing answers there."""
     home = home or berth_home()
@@ -62,7 +70,7 @@ def ensure_daemon(home: Path | None = None) -> Path:
         with open(log_path, "ab") as log:
             os.chmod(log_path, 0o600)
             proc = subprocess.Popen(
-                [sys.executable, "-m", "vm_backend.daemon.server", "--home", str(home)],
+                [*berthd_command(), "--home", str(home)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from vm_backend.errors import BerthError
 from vm_backend.machine import keys as machine_keys
-from vm_backend.machine import ports
+from vm_backend.machine import ports, qemu_lookup
 from vm_backend.machine.accel import KVM_INTERNAL_ERROR, AccelChoice, AcceleratorProbe
 from vm_backend.machine.argv import build_argv
 from vm_backend.machine.console import ConsoleMarker, SerialConsole
@@ -394,8 +394,8 @@ class Machine:
                 port = ports.pick_free_port()
             argv = build_argv(spec, self.host, self.paths, image, accel=choice.accelerator,
                               ssh_port=port)
-            if self._qemu_override:
-                argv[0] = self._qemu_override
+            # The bundled QEMU, else Homebrew/MacPorts, the Windows installer's, PATH.
+            argv[0] = self._qemu_override or str(qemu_lookup.qemu_system(spec.arch))
             proc = self._launcher(argv, self.paths.qemu_log)
             self._proc = proc
             proc.on_exit(self._on_qemu_exit)
@@ -842,11 +842,13 @@ def _tighten_sockets(paths: MachinePaths) -> None:
 def _qemu_img(args: list[str]) -> None:
     try:
         result = subprocess.run(
-            ["qemu-img", *args], capture_output=True, text=True, timeout=120, check=False
+            [str(qemu_lookup.qemu_img()), *args],
+            capture_output=True, text=True, timeout=120, check=False,
         )
     except FileNotFoundError as exc:
         raise MachineError(
-            "qemu-img is not installed.", "Install QEMU (the qemu-utils package on Debian)."
+            "qemu-img is not installed.", qemu_lookup.install_hint(qemu_lookup.QEMU_IMG,
+                                                                    qemu_lookup.current_os())
         ) from exc
     except subprocess.TimeoutExpired as exc:
         raise MachineError("qemu-img did not finish within 2 minutes.") from exc
