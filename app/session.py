@@ -4,12 +4,15 @@
 :class:`~vm_backend.engine.monitor.EngineMonitor`. The monitor calls back on its worker
 thread; the session queues what it hears and flushes it to the GUI thread at most every
 ``BATCH_MS`` milliseconds, so a storm of 500 container changes costs a handful of signals.
-Idle, no timer runs.
+The first change after a quiet spell is flushed at once (the first container list at start
+does not wait a batch), the ones that follow it within ``BATCH_MS`` wait for the next
+flush. Idle, no timer runs.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import shiboken6
@@ -48,6 +51,7 @@ class EngineSession(QObject):
         self._pending_conn: tuple[bool, str] | None = None
         self._scheduled = False
         self._stopped = False
+        self._last_flush = 0.0  # time.monotonic() of the last flush
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(BATCH_MS)
@@ -99,9 +103,11 @@ class EngineSession(QObject):
         if self._stopped or not shiboken6.isValid(self) or not shiboken6.isValid(self._timer):
             return
         if not self._timer.isActive():
-            self._timer.start()
+            since = (time.monotonic() - self._last_flush) * 1000
+            self._timer.start(max(0, int(BATCH_MS - since)))
 
     def _flush(self) -> None:
+        self._last_flush = time.monotonic()
         with self._lock:
             conn, self._pending_conn = self._pending_conn, None
             diffs, self._pending_diffs = self._pending_diffs, []

@@ -5,7 +5,8 @@ the same run, as a ratio:
 
 (a) stall   A heartbeat QTimer (every 10 ms) records how late it fires while 500
             containers (``sleep 3600``, ``network_mode=none``) are started and then
-            stopped in bulk from worker threads, with the Containers page visible.
+            stopped in bulk by 16 threads of another process, with the Containers page
+            visible.
             Baseline: the same heartbeat with the same window idle. Goal: p99 <= 50 ms.
 (b) cold    Wall time from process start to a painted container list of 100 containers
             (window created, first container diff applied, one paint), in a fresh
@@ -238,29 +239,34 @@ def bench_stall(url: str, n: int, profile: Path | None = None) -> dict[str, Any]
             (c := model.container(i)) is not None and c.state.value == want for i in ids
         )
 
-    api = _api(url)
+    # The churn runs in another process, as it would in real life (compose, a script, the
+    # CLI): 16 docker-py threads in this process would compete with the GUI thread for the
+    # GIL and measure themselves (see docs/benchmarks-gui.md).
     phase: dict[str, float] = {}
+    churn = subprocess.Popen(
+        [sys.executable, __file__, "--child", "churn", url, *ids],
+        stdout=subprocess.PIPE, text=True,
+    )
 
-    def churn() -> None:
-        t = time.perf_counter()
-        _parallel(api.start, ids)
-        phase["started"] = time.perf_counter() - t
-        t = time.perf_counter()
-        _parallel(lambda i: api.stop(i, timeout=0), ids)
-        phase["stopped"] = time.perf_counter() - t
+    def read_phases() -> None:
+        assert churn.stdout is not None
+        for line in churn.stdout:
+            if line.startswith("{"):
+                phase.update(json.loads(line))
+
+    reader = threading.Thread(target=read_phases, daemon=True)
+    reader.start()
 
     hb.start()
     t0 = time.perf_counter()
-    worker = threading.Thread(target=churn)
-    worker.start()
     with _Profile(profile):
         all_running = _run_until(lambda: "started" in phase and states("running"), 900)
         phase["model_running"] = time.perf_counter() - t0
-        all_exited = _run_until(lambda: not worker.is_alive() and states("exited"), 900)
+        all_exited = _run_until(lambda: "stopped" in phase and states("exited"), 900)
         phase["model_exited"] = time.perf_counter() - t0
     loaded = hb.stop()
-    worker.join()
-    api.close()
+    churn.wait(60)
+    reader.join(5)
     ctx.shutdown()
     window.close()
     return {
@@ -403,6 +409,18 @@ def child_cold(url: str, expect: int) -> None:
     ctx.shutdown()
 
 
+def child_churn(url: str, ids: list[str]) -> None:
+    """Start then stop (``-t 0``) ``ids`` from 16 threads; prints each phase's seconds."""
+    api = _api(url)
+    t = time.perf_counter()
+    _parallel(api.start, ids)
+    print(json.dumps({"started": time.perf_counter() - t}), flush=True)
+    t = time.perf_counter()
+    _parallel(lambda i: api.stop(i, timeout=0), ids)
+    print(json.dumps({"stopped": time.perf_counter() - t}), flush=True)
+    api.close()
+
+
 def child_cold_baseline() -> None:
     from PySide6.QtWidgets import QApplication, QMainWindow
 
@@ -485,6 +503,8 @@ def main() -> int:
         kind, *rest = args.child
         if kind == "cold":
             child_cold(rest[0], int(rest[1]))
+        elif kind == "churn":
+            child_churn(rest[0], rest[1:])
         elif kind == "cold-baseline":
             child_cold_baseline()
         elif kind == "idle":
