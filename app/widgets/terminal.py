@@ -96,12 +96,19 @@ _HEX6 = re.compile(r"[0-9a-fA-F]{6}")
 
 #: Parse at most this many bytes between budget checks.
 _SLICE = 2048
+#: The smallest slice: dense output (a flood of short lines, each one a scroll)
+#: costs far more per byte, so the slice shrinks until one fits in a quarter of
+#: the budget, and grows back when output is cheap again.
+_SLICE_MIN = 96
 #: Time budget for one parse pass on the GUI thread, in seconds.
 _BUDGET = 0.008
 #: Resizing parses queued output first only up to this much (see _canvas_resized).
 _FLUSH_ON_RESIZE = 64 * 1024
 #: Delay that coalesces a burst of feed() calls into one parse + one repaint.
 _COALESCE_MS = 8
+#: While a flood is being parsed (output still queued after a pass), repaint at
+#: most this often; the last pass of a burst always repaints.
+_FLOOD_PAINT_S = 0.04
 
 # On macOS Qt maps Command to ControlModifier; the physical Control key is Meta.
 _CTRL = (
@@ -382,6 +389,9 @@ class TerminalWidget(QWidget):
         self._screen = TermScreen(columns, rows, history=scrollback, reply=self._reply)
         self._stream = pyte.ByteStream(self._screen)
         self._pending: bytearray = bytearray()
+        self._slice = _SLICE  # adapts to the output's parse cost (see _process_pending)
+        self._last_paint = 0.0
+        self._repaint_owed = False
         self._read_only = False
         self._offset = 0  # lines scrolled back from the live screen
         self._anchor: _Pos | None = None
@@ -669,8 +679,17 @@ class TerminalWidget(QWidget):
     def _process_pending(self) -> None:
         started = time.perf_counter()
         cpu_started = time.thread_time()
-        while self._pending and time.perf_counter() - started < _BUDGET:
-            self._process_slice(_SLICE)
+        size = self._slice
+        now = started
+        while self._pending and now - started < _BUDGET:
+            self._process_slice(size)
+            took = time.perf_counter() - now
+            now += took
+            if took > _BUDGET / 4:
+                size = max(_SLICE_MIN, size // 2)
+            elif took < _BUDGET / 16:
+                size = min(_SLICE, size * 2)
+        self._slice = size
         self.max_parse_seconds = max(self.max_parse_seconds, time.perf_counter() - started)
         self.max_parse_cpu_seconds = max(
             self.max_parse_cpu_seconds, time.thread_time() - cpu_started
@@ -704,7 +723,15 @@ class TerminalWidget(QWidget):
         cursor = (min(screen.cursor.x, screen.columns - 1), screen.cursor.y)
         dirty = set(screen.dirty)
         screen.dirty.clear()
-        if self._offset:
+        if self._pending and time.perf_counter() - self._last_paint < _FLOOD_PAINT_S:
+            # Mid-flood: the rows change again before anyone could read them;
+            # owe one full repaint instead of painting every pass.
+            if dirty or pushed or cursor != self._last_cursor:
+                self._repaint_owed = True
+        elif self._repaint_owed:
+            self._repaint_owed = False
+            self._canvas.update()
+        elif self._offset:
             if dirty or pushed:
                 self._canvas.update()
         elif dirty or cursor != self._last_cursor:
@@ -813,6 +840,7 @@ class TerminalWidget(QWidget):
         return font
 
     def _paint(self, canvas: QWidget, rect: QRect) -> None:
+        self._last_paint = time.perf_counter()
         painter = QPainter(canvas)
         painter.fillRect(rect, self._default_bg)
         screen = self._screen
@@ -831,6 +859,17 @@ class TerminalWidget(QWidget):
     def _paint_line(self, painter: QPainter, line: CellRow, y: float, cols: int) -> None:
         if not line:
             return  # never written: the background fill is all it needs
+        # Cells past the last one written are blank with the line's default
+        # attributes: when those paint nothing (the usual case), stop there
+        # instead of walking every column of a short line (a flood of them
+        # otherwise costs a whole screen width of Python per line).
+        if isinstance(line, FrozenLine):
+            cols = min(cols, len(line))
+        else:
+            default: Char = line.default  # type: ignore[attr-defined]
+            if (default.bg == "default" and not default.reverse
+                    and not default.underscore and not default.strikethrough):
+                cols = min(cols, max(line) + 1)  # type: ignore[call-overload]
         cw, ch = self._cell_w, self._cell_h
         x = 0
         while x < cols:

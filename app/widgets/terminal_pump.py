@@ -118,15 +118,14 @@ class StreamPump:
     # ---- worker threads --------------------------------------------------------------
     def _gui(self, fn: Callable[[], None]) -> None:
         owner = self._owner
-        if owner is None:
-            call_in_gui(fn)
-            return
 
         def guarded() -> None:
-            if shiboken6.isValid(owner):
+            if owner is None or shiboken6.isValid(owner):
                 fn()
 
-        call_in_gui(guarded)
+        # At interpreter exit the GUI relay may be gone before this daemon thread.
+        with contextlib.suppress(RuntimeError):
+            call_in_gui(guarded)
 
     def _read_loop(self) -> None:
         try:
