@@ -227,6 +227,7 @@ class MachineService:
                     None if has_agent else f"unix://{self.engine_socket}",
                     expose_on_lan=machine.spec.expose_ports_on_lan,
                     udp=has_agent,
+                    retry_interval_s=5.0 if has_agent else 0.0,
                 )
                 try:
                     ports.start()
@@ -236,7 +237,10 @@ class MachineService:
                 if has_agent and self.agent is None:
                     self.agent = AgentClient(self.ssh)
                     if self.ports is not None:
-                        self.agent.on_ports(self.ports.set_guest_ports)
+                        forwarder = self.ports
+                        self.agent.on_ports(forwarder.set_guest_ports)
+                        # Every heartbeat: a conflicting host port freed since is bound.
+                        self.agent.on_change(lambda _snap: forwarder.refresh())
                     self.agent.start()
         self._start_shares(machine)
         if self.manage_context:

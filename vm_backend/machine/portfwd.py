@@ -332,6 +332,7 @@ class _Forward:
     host_port: int
     state: str = ""
     source: str = "engine"
+    retry_at: float = 0.0  # monotonic time before which a failed bind is not retried
     listeners: list[_PortListener | _UdpRelay] = field(default_factory=list)
 
     def row(self) -> ForwardedPort:
@@ -368,12 +369,16 @@ class PortForwarder:
         expose_on_lan: bool = False,
         host_port_offset: int = 0,
         udp: bool = False,
+        retry_interval_s: float = 0.0,
     ) -> None:
         self.ssh = ssh
         self.engine_url = engine_url
         self.expose_on_lan = expose_on_lan
         self.host_port_offset = host_port_offset
         self.udp = udp
+        # A conflict is tried again on every later update, at most this often (the agent
+        # path calls refresh() on every heartbeat, so a freed port is picked up).
+        self.retry_interval_s = retry_interval_s
         self._lock = threading.RLock()
         self._containers: dict[str, Container] = {}
         # Set by set_guest_ports (the agent): then the source of truth instead of containers.
@@ -421,6 +426,12 @@ class PortForwarder:
                 return
             self._guest_ports = tuple(ports)
             self._apply()
+
+    def refresh(self) -> None:
+        """Try failed binds again (rate-limited by ``retry_interval_s``)."""
+        with self._lock:
+            if not self._stopped:
+                self._apply()
 
     def table(self) -> list[ForwardedPort]:
         with self._lock:
@@ -510,7 +521,11 @@ class PortForwarder:
                 have.container_id, have.container_name = want.container_id, want.container_name
                 have.guest_port = want.guest_port
                 have.source = want.source
-                if have.state != STATE_LISTENING and self._forwarded(have.protocol):
+                if (
+                    have.state != STATE_LISTENING
+                    and self._forwarded(have.protocol)
+                    and time.monotonic() >= have.retry_at
+                ):
                     self._open(have)  # a conflict or error: try again on every diff
                 continue
             if have is not None:
@@ -525,6 +540,8 @@ class PortForwarder:
 
     def _open(self, fwd: _Forward) -> None:
         where = _display(fwd.host_address, fwd.host_port)
+        previous = fwd.state
+        fwd.retry_at = time.monotonic() + self.retry_interval_s
         udp = fwd.protocol == "udp"
         bind = _bind_udp if udp else _bind
         try:
@@ -542,7 +559,8 @@ class PortForwarder:
                 )
             else:
                 fwd.state = f"error: cannot listen on {where}: {exc.strerror or exc}"
-            log.warning("published port %s/%s: %s", fwd.host_port, fwd.protocol, fwd.state)
+            if fwd.state != previous:
+                log.warning("published port %s/%s: %s", fwd.host_port, fwd.protocol, fwd.state)
             return
         if udp:
             relay = _UdpRelay(cast(UnixOpener, self.ssh), primary, fwd.engine_port)

@@ -19,7 +19,7 @@ from paramiko.channel import Channel
 
 from vm_backend.errors import BerthError
 from vm_backend.guest import agent as ga
-from vm_backend.machine.agent import AgentClient, GuestPort
+from vm_backend.machine.agent import AgentClient, AgentSnapshot, GuestPort
 from vm_backend.machine.portfwd import PortForwarder
 
 
@@ -139,7 +139,11 @@ def test_reconnects_when_the_agent_goes_away(
     for i in range(10):
         ssh.far[-1].shutdown(socket.SHUT_RDWR)  # the agent dies
         want = i + 2
-        assert client.wait_for(lambda s, w=want: s.connected and s.connects >= w, 10), i
+
+        def back(s: AgentSnapshot, want: int = want) -> bool:
+            return s.connected and s.connects >= want
+
+        assert client.wait_for(back, 10), i
     assert ssh.opened and all(s.fileno() == -1 for s in ssh.opened[:-1])  # closed
     time.sleep(0.3)
     assert threading.active_count() <= threads + 1
@@ -297,4 +301,24 @@ def test_agent_fed_tcp_rows_follow_set_guest_ports(real_agent: ga.Agent) -> None
         fwd.set_guest_ports([_udp_port(port)])
         assert fwd.table()[0].state == "udp: not forwarded yet"
     finally:
+        fwd.stop()
+
+
+def test_a_freed_host_port_is_bound_on_a_later_refresh(real_agent: ga.Agent) -> None:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    fwd = PortForwarder(FakeSSH(real_agent.handle), None, retry_interval_s=0.2)
+    try:
+        fwd.set_guest_ports([GuestPort("tcp", port, 80, "", "c1", "web", "engine")])
+        assert fwd.table()[0].state.startswith("conflict:")
+        holder.close()
+        fwd.refresh()  # too early: rate-limited
+        assert fwd.table()[0].state.startswith("conflict:")
+        time.sleep(0.3)
+        fwd.refresh()
+        assert fwd.table()[0].state == "listening"
+    finally:
+        holder.close()
         fwd.stop()

@@ -78,7 +78,9 @@ def test_parse_proc_net_udp_unconnected_sockets_only() -> None:
     assert ga.parse_proc_net(PROC_UDP, "udp") == [("0.0.0.0", 53, 777)]
 
 
-def _container(cid: str, state: str, ports: list[dict[str, object]], created: int = 1) -> dict:
+def _container(
+    cid: str, state: str, ports: list[dict[str, object]], created: int = 1
+) -> dict[str, object]:
     return {
         "Id": cid,
         "Names": [f"/{cid}-name"],
