@@ -43,7 +43,7 @@ from vm_backend.machine.argv import build_argv
 from vm_backend.machine.console import ConsoleMarker, SerialConsole
 from vm_backend.machine.disk import ReclaimResult, compact_disk
 from vm_backend.machine.hostinfo import HostInfo, detect_host
-from vm_backend.machine.image import GuestImage, ImageError
+from vm_backend.machine.image import GuestImage, ImageError, ImageRecord, adopt_image
 from vm_backend.machine.lock import MachineLock
 from vm_backend.machine.loopthread import EventLoopThread
 from vm_backend.machine.paths import MachinePaths, berth_home, ensure_private_dir
@@ -145,6 +145,7 @@ class Machine:
         self.paths = MachinePaths.for_machine(name, self.home)
         self.host = host if host is not None else detect_host()
         self.image = image
+        self.image_record: ImageRecord | None = None
         self.stop_timeout = stop_timeout
         self.lock_timeout = lock_timeout
         self.stage_timeouts = stage_timeouts
@@ -313,6 +314,8 @@ class Machine:
             validate(spec, self.host)
             self._detach()
             clear_stale_runtime(self.paths)
+            # Refuses an image too old for the data disk; a newer one becomes the boot image.
+            self.image_record = adopt_image(image, self.paths.state_dir)
             self._provision_keys()
             choice = self._probe.choose(spec.accelerator, spec.arch, image.kernel)
             try:
