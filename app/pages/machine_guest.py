@@ -5,11 +5,12 @@ agent's section is read defensively: any of its figures may be missing (an older
 image, an agent still starting, a berthd without the agent), and then the panel says
 plainly what it needs instead of showing an empty chart.
 
-Accepted shapes, so the page does not break when the section grows: ``memory`` / ``disk``
-as ``{"used_bytes", "total_bytes"}`` (or ``used``/``total``, or ``available_bytes``
-instead of used), or the flat keys ``memory_used_bytes``, ``memory_total_bytes``,
-``memory_available_bytes``, ``disk_used_bytes``, ``disk_total_bytes``; CPU as
-``cpu_percent`` or ``cpu: {"percent"}`` (or a bare number).
+berthd sends the agent's snapshot (docs/agent.md: ``connected``, ``memory_used_bytes``,
+``memory_total_bytes``, ``memory_available_bytes``, ``disk_used_bytes``,
+``disk_total_bytes``, ``cpu_percent``, ``error`` …), or ``null`` when the VM has no agent.
+Nested shapes are read too, so the page does not break if the section changes: ``memory``
+/ ``disk`` as ``{"used_bytes", "total_bytes", "available_bytes"}`` (or ``used``/``total``),
+CPU as ``cpu: {"percent"}`` or a bare number.
 """
 
 from __future__ import annotations
@@ -118,10 +119,13 @@ class GuestPanel(QWidget):
         if figures is None or figures.empty:
             agent = (doc or {}).get("agent")
             if isinstance(agent, dict):
-                self.note.setText(self.tr(
+                text = self.tr(
                     "Guest figures (memory, disk and CPU as the VM sees them) need the Berth "
                     "agent, which is not connected yet."
-                ))
+                )
+                if agent.get("error"):
+                    text += " " + self.tr("Its last error: {0}").format(agent["error"])
+                self.note.setText(text)
             else:
                 self.note.setText(self.tr(
                     "Guest figures need the Berth agent; this VM reports none, so only "

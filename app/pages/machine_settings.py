@@ -178,6 +178,8 @@ def share_state_words(doc: dict[str, Any]) -> str:
         why = error or state.partition(":")[2].strip() or "unknown"
         return f"error: {why}"
     words = state or "unknown"
+    if state == "mounted" and doc.get("guest_path"):
+        words += f" at {doc['guest_path']}"
     extras = [str(doc["transport"])] if doc.get("transport") else []
     if doc.get("read_only") or doc.get("ro"):
         extras.append("read-only")

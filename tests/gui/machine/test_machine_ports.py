@@ -10,7 +10,7 @@ from PySide6.QtGui import QDesktopServices
 from pytestqt.qtbot import QtBot
 
 from app.pages.machine import MachinePage
-from app.pages.machine_guest import guest_figures
+from app.pages.machine_guest import GuestFigures, guest_figures
 from app.pages.machine_ports import PortRow, parse_ports, state_words
 from app.pages.machine_settings import HostLimits, share_state_words
 
@@ -193,11 +193,11 @@ def test_share_states_from_the_running_vm(qtbot: QtBot, fake_daemon: FakeDaemon,
     table = page.settings.shares.table
     qtbot.waitUntil(lambda: table.rowCount() == 2 and table.item(0, 3) is not None
                     and table.item(0, 3).text().startswith("mounted"), timeout=WAIT)
-    assert table.item(0, 3).text() == "mounted (9p, read-only)"
+    assert table.item(0, 3).text() == f"mounted at {a} (9p, read-only)"
     assert table.item(1, 3).text() == "not mounted: applies at the next start"
     assert "next start" in page.settings.shares.note.text()
     fake_daemon.doc = {**fake_daemon.doc, "shares": [
-        {"tag": "a", "state": "error", "error": "mount: permission denied"},
+        {"tag": "a", "state": "failed", "error": "mount: permission denied"},
     ]}
     qtbot.waitUntil(lambda: table.item(0, 3).text().startswith("error"), timeout=WAIT)
     assert table.item(0, 3).text() == "error: mount: permission denied"
@@ -221,6 +221,12 @@ def test_parsers_are_defensive() -> None:
                                     "cpu": {"percent": 4}, "disk_used_bytes": True}})
     assert flat is not None and flat.memory_used == 70 and flat.cpu_percent == 4
     assert flat.disk_used is None  # a bool is not a figure
+    # berthd's shape (docs/agent.md): the agent snapshot's flat keys, or null.
+    snap = guest_figures({"agent": {"connected": True, "memory_total_bytes": 2048,
+                                    "memory_used_bytes": 512, "disk_total_bytes": 10,
+                                    "disk_used_bytes": 4, "cpu_percent": 7.5, "error": ""}})
+    assert snap == GuestFigures(7.5, 512, 2048, 4, 10)
+    assert guest_figures({"agent": None}) is None
     assert share_state_words({"state": "mounted"}) == "mounted"
     assert share_state_words({"state": "error: no 9p"}) == "error: no 9p"
     assert QUrl(rows[1].url()).port() == 80

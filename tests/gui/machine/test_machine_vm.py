@@ -17,20 +17,28 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
+import subprocess
 import tempfile
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import QApplication
 from pytestqt.qtbot import QtBot
 
+from app.context import AppContext
 from app.pages.machine import MachinePage
 from app.pages.machine_timeline import STAGE_KEYS
+from app.tray import BerthTray
 from vm_backend.daemon.client import DaemonClient, DaemonError
 from vm_backend.machine.paths import MachinePaths
+from vm_backend.settings import Settings
 
 pytestmark = pytest.mark.vm
 
@@ -38,6 +46,8 @@ REPO = Path(__file__).resolve().parents[3]
 IMAGE = REPO / "packaging" / "guest" / "out" / "amd64"
 BOOT_MS = 9 * 60 * 1000  # TCG at load 20+ on 2 cores; a quiet host boots in well under 1 min
 STEP_MS = 120 * 1000
+TEST_IMAGE = os.environ.get("BERTH_TEST_IMAGE", "berth-test/busybox:latest")
+DOCKER = shutil.which("docker") or "docker"
 
 
 def _end_pid(pid: int, timeout: float = 15.0) -> None:
@@ -196,6 +206,75 @@ def test_shell_tab_runs_a_command_over_ssh(page: MachinePage, qtbot: QtBot) -> N
     qtbot.waitUntil(lambda: second.connected, timeout=STEP_MS)
 
 
+def _docker(host: str, *args: str, stdin: bytes | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([DOCKER, *args], input=stdin, capture_output=True, timeout=timeout,
+                          check=False, env={**os.environ, "DOCKER_HOST": host})
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.timeout(900)
+def test_ports_table_shows_a_published_port(page: MachinePage, qtbot: QtBot,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    host = str((page.status or {}).get("docker_host") or "")
+    assert host.startswith("unix://")
+    saved = subprocess.run([DOCKER, "save", TEST_IMAGE], capture_output=True, check=False)
+    if saved.returncode != 0:
+        pytest.skip(f"no {TEST_IMAGE} on the host engine to load into the VM")
+    loaded = _docker(host, "load", stdin=saved.stdout)
+    assert loaded.returncode == 0, loaded.stderr
+    tab = page.ports
+    page.tabs.setCurrentWidget(tab)
+    assert tab.table.rowCount() == 0
+    port = _free_port()
+    run = _docker(host, "run", "-d", "--label", "berth.test=1", "--name", "berth-page-web",
+                  "-p", f"127.0.0.1:{port}:8080", TEST_IMAGE, "httpd", "-f", "-p", "8080")
+    assert run.returncode == 0, run.stderr
+    # A host port another program holds shows as a conflict, not as a silent gap.
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen(1)
+        taken = int(squatter.getsockname()[1])
+        busy = _docker(host, "run", "-d", "--label", "berth.test=1", "--name",
+                       "berth-page-busy", "-p", f"127.0.0.1:{taken}:8080", TEST_IMAGE,
+                       "httpd", "-f", "-p", "8080")
+        assert busy.returncode == 0, busy.stderr
+        qtbot.waitUntil(lambda: {r.host_port for r in tab.rows} >= {port, taken},
+                        timeout=STEP_MS)
+        row = next(r for r in tab.rows if r.host_port == port)
+        qtbot.waitUntil(lambda: any(r.host_port == port and r.listening for r in tab.rows),
+                        timeout=STEP_MS)
+        assert (row.container, row.guest_port, row.protocol) == ("berth-page-web", 8080, "tcp")
+        conflict = next(r for r in tab.rows if r.host_port == taken)
+        assert conflict.state.startswith("conflict")
+        index = tab.rows.index(conflict)
+        assert tab.table.item(index, 5).text().startswith("Conflict")
+        assert tab.open_row(index) is False
+    # The listening row answers on this computer and opens in the browser.
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=60) as answer:
+            status = answer.status
+    except urllib.error.HTTPError as err:  # busybox httpd may have no index: still HTTP
+        status = err.code
+    assert 200 <= status < 500
+    opened: list[str] = []
+    monkeypatch.setattr(QDesktopServices, "openUrl",
+                        staticmethod(lambda url: opened.append(url.toString()) or True))
+    index = next(i for i, r in enumerate(tab.rows) if r.host_port == port)
+    tab.table.cellDoubleClicked.emit(index, 0)
+    assert opened == [f"http://localhost:{port}/"]
+    # Removing the container removes its row.
+    _docker(host, "rm", "-f", "berth-page-busy")
+    qtbot.waitUntil(lambda: all(r.host_port != taken for r in tab.rows), timeout=STEP_MS)
+    assert any(r.host_port == port for r in tab.rows)
+    page.tabs.setCurrentWidget(page.overview)
+
+
 @pytest.mark.timeout(300)
 def test_resources_are_charted_while_visible(page: MachinePage, qtbot: QtBot) -> None:
     page.tabs.setCurrentWidget(page.overview)
@@ -209,6 +288,34 @@ def test_resources_are_charted_while_visible(page: MachinePage, qtbot: QtBot) ->
     assert not page.polling
     page.show()
     assert page.polling
+
+
+@pytest.mark.timeout(1200)
+def test_tray_stops_and_starts_the_vm(page: MachinePage, qtbot: QtBot) -> None:
+    tray = BerthTray(AppContext(Settings()))
+    qtbot.waitUntil(lambda: tray.vm_state == "running", timeout=STEP_MS)
+    assert tray.vm_state_action.text() == "VM: Running"
+    assert tray.vm_stop_action.isEnabled() and not tray.vm_start_action.isEnabled()
+    tray.vm_stop_action.trigger()
+    assert not tray.vm_stop_action.isEnabled()  # no second action while one runs
+    qtbot.waitUntil(lambda: tray.vm_state == "stopped" and not tray._vm_busy,
+                    timeout=180_000)
+    assert tray.vm_start_action.isEnabled() and not tray.vm_stop_action.isEnabled()
+    # The page sees it (its next read), and the forwarded ports are gone with the VM.
+    page.refresh()
+    qtbot.waitUntil(lambda: page.state == "stopped", timeout=STEP_MS)
+    assert page.ports.table.rowCount() == 0
+    assert "while the VM runs" in page.ports.summary.text()
+    tray.vm_start_action.trigger()
+    assert tray.vm_state_action.text() == "VM: Starting…"
+    assert not tray.vm_start_action.isEnabled()
+    qtbot.waitUntil(lambda: tray.vm_state == "running" and not tray._vm_busy,
+                    timeout=BOOT_MS)
+    assert tray.notifications == []
+    page.refresh()
+    qtbot.waitUntil(lambda: page.state == "running" and not page._busy, timeout=STEP_MS)
+    tray.icon.hide()
+    tray.deleteLater()
 
 
 @pytest.mark.timeout(900)
