@@ -313,15 +313,15 @@ class OverviewTab(QScrollArea):
         for chart in (self.cpu_chart, self.mem_chart):
             chart.setMinimumHeight(150)
             chart.setMaximumHeight(240)
-        # QEMU's own figures on the left, the guest's (from the agent) next to them.
+        # QEMU's own figures, and the guest's (from the agent) right under them.
         self.guest = GuestPanel(POLL_MS / 1000, body)
         self.guest.hide()
         self.charts = QWidget(body)
         charts = self.charts_grid = QGridLayout(self.charts)
         charts.setContentsMargins(0, 0, 0, 0)
         charts.addWidget(self.cpu_chart, 0, 0)
-        charts.addWidget(self.guest.cpu_chart, 0, 1)
-        charts.addWidget(self.mem_chart, 1, 0)
+        charts.addWidget(self.mem_chart, 0, 1)
+        charts.addWidget(self.guest.cpu_chart, 1, 0)
         charts.addWidget(self.guest.mem_chart, 1, 1)
         charts.setColumnStretch(0, 1)
         charts.setColumnStretch(1, 1)
@@ -585,8 +585,6 @@ class MachinePage(QWidget):
         ov.charts.setVisible(state in UP_STATES or has_samples)
         ov.guest.update_from(doc, state == "running", sample)
         ov.guest.setVisible(state in UP_STATES)
-        guest_charts = not (ov.guest.cpu_chart.isHidden() and ov.guest.mem_chart.isHidden())
-        ov.charts_grid.setColumnStretch(1, 1 if guest_charts else 0)
         self.ports.set_status(doc)
         self.settings.shares.set_live(state in SHELL_STATES, doc.get("shares"))
         docker_host = str(doc.get("docker_host") or "")
