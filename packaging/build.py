@@ -14,7 +14,9 @@ PySide6-Essentials, so no extra tool is needed):
   on Linux.
 
 ``python3 packaging/build.py guest-datas`` prints the guest image folders a bundle would
-carry; the specs import :func:`guest_image_dirs` and :func:`check_manifest` directly.
+carry (manifests checked); ``deb-depends BUNDLE`` prints the Debian packages owning the
+system libraries a Linux bundle loads; ``macos`` / ``windows`` build Berth.app + .dmg / the
+Windows folder + .zip on those systems (signing when the documented inputs are set).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import os
 import re
 import struct
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -217,6 +219,248 @@ def check_manifest(directory: Path) -> dict[str, object]:
     return dict(manifest)
 
 
+# ---- macOS and Windows recipes ------------------------------------------------------------
+# Plans (what the specs bundle) and the post-build commands are pure functions of the
+# environment, so they are unit tested on Linux (tests/packaging/test_recipes.py); only a
+# Mac / a Windows machine runs them (``build.py macos`` / ``build.py windows``).
+
+BUNDLE_ID = "io.github.berth.Berth"
+DEFAULT_TIMESTAMP_URL = "http://timestamp.digicert.com"
+
+
+def _bundle_datas(env: Mapping[str, str]) -> list[tuple[str, str]]:
+    """assets, both guest images (required, manifests checked), and an optional QEMU."""
+    images = guest_image_dirs(GUEST_ARCHES)
+    missing = [arch for arch in GUEST_ARCHES if arch not in images]
+    if missing:
+        raise SystemExit(
+            f"the macOS and Windows bundles carry both guest images; missing: "
+            f"{', '.join(missing)} (bash packaging/guest/build.sh --arch {missing[0]})"
+        )
+    datas = [(str(ASSETS), "assets")]
+    for arch, directory in images.items():
+        check_manifest(directory)
+        for name in ("vmlinuz", "initrd.img", "rootfs.squashfs", "manifest.json"):
+            datas.append((str(directory / name), f"guest/{arch}"))
+    qemu = env.get("BERTH_QEMU_BUNDLE_DIR")
+    if qemu:
+        if not Path(qemu).is_dir():
+            raise SystemExit(f"BERTH_QEMU_BUNDLE_DIR={qemu} is not a folder")
+        datas.append((qemu, "qemu"))
+    return datas
+
+
+def macos_bundle_plan(env: Mapping[str, str]) -> dict[str, object]:
+    version = project_version()
+    identity = env.get("BERTH_CODESIGN_IDENTITY") or None
+    return {
+        "datas": _bundle_datas(env),
+        "version": version,
+        "bundle_id": BUNDLE_ID,
+        "icon": str(ICONS / "berth.icns"),
+        "target_arch": env.get("BERTH_TARGET_ARCH") or None,
+        "codesign_identity": identity,
+        "entitlements": str(ROOT / "packaging" / "macos" / "entitlements.plist")
+        if identity
+        else None,
+        "info_plist": {
+            "CFBundleName": "Berth",
+            "CFBundleDisplayName": "Berth",
+            "CFBundleShortVersionString": version,
+            "CFBundleVersion": version,
+            "LSMinimumSystemVersion": "12.0",
+            "NSHighResolutionCapable": True,
+            "LSApplicationCategoryType": "public.app-category.developer-tools",
+        },
+    }
+
+
+def windows_bundle_plan(env: Mapping[str, str]) -> dict[str, object]:
+    return {
+        "datas": _bundle_datas(env),
+        "version": project_version(),
+        "icon": str(ICONS / "berth.ico"),
+    }
+
+
+def macos_commands(app: Path, dist: Path, env: Mapping[str, str]) -> tuple[list[list[str]],
+                                                                         list[str]]:
+    """Post-build commands for Berth.app (signing, notarisation, .dmg) and notes.
+
+    PyInstaller already signs every binary when BERTH_CODESIGN_IDENTITY is set; here a
+    bundled QEMU gets the hypervisor entitlement, the whole app is signed deep with the
+    hardened runtime, the .dmg is made and, with BERTH_NOTARY_PROFILE (a ``notarytool
+    store-credentials`` keychain profile), notarised and stapled.
+    """
+    version = project_version()
+    dmg = dist / f"Berth-{version}-macos-{env.get('BERTH_TARGET_ARCH') or 'native'}.dmg"
+    identity = env.get("BERTH_CODESIGN_IDENTITY")
+    profile = env.get("BERTH_NOTARY_PROFILE")
+    commands: list[list[str]] = []
+    notes: list[str] = []
+    if identity:
+        sign = ["codesign", "--force", "--timestamp", "--options", "runtime", "--sign", identity]
+        if env.get("BERTH_QEMU_BUNDLE_DIR"):
+            entitlements = ROOT / "packaging" / "macos" / "qemu-entitlements.plist"
+            for arch in GUEST_ARCHES:
+                program = "qemu-system-aarch64" if arch == "arm64" else "qemu-system-x86_64"
+                commands.append([*sign, "--entitlements", str(entitlements),
+                                 str(app / "Contents" / "Resources" / "qemu" / "bin" / program)])
+        commands.append([
+            *sign, "--entitlements", str(ROOT / "packaging" / "macos" / "entitlements.plist"),
+            str(app),
+        ])
+        commands.append(["codesign", "--verify", "--deep", "--strict", str(app)])
+    else:
+        notes.append("BERTH_CODESIGN_IDENTITY is not set: Berth.app is NOT signed "
+                     "(Gatekeeper will block it on other Macs)")
+    commands.append(["hdiutil", "create", "-volname", "Berth", "-srcfolder", str(app),
+                     "-ov", "-format", "UDZO", str(dmg)])
+    if identity:
+        commands.append(["codesign", "--force", "--timestamp", "--sign", identity, str(dmg)])
+    if identity and profile:
+        commands.append(["xcrun", "notarytool", "submit", str(dmg), "--keychain-profile",
+                         profile, "--wait"])
+        commands.append(["xcrun", "stapler", "staple", str(dmg)])
+    elif identity:
+        notes.append("BERTH_NOTARY_PROFILE is not set: the .dmg is signed but NOT notarised")
+    else:
+        notes.append("notarisation skipped (needs BERTH_CODESIGN_IDENTITY and "
+                     "BERTH_NOTARY_PROFILE)")
+    return commands, notes
+
+
+def windows_commands(folder: Path, dist: Path, env: Mapping[str, str]) -> tuple[
+        list[list[str]], list[str]]:
+    """Post-build commands for the Windows folder (Authenticode signing) and notes.
+
+    The folder is then zipped by :func:`main` (``shutil.make_archive``). No installer is
+    made: an Inno Setup/WiX recipe was not written because it could not be built or
+    tested here (docs/packaging.md).
+    """
+    thumbprint = env.get("BERTH_SIGN_CERT_SHA1")
+    commands: list[list[str]] = []
+    notes: list[str] = []
+    programs = [folder / name for name in ("berth.exe", "berth-window.exe", "berthd.exe")]
+    if thumbprint:
+        url = env.get("BERTH_TIMESTAMP_URL") or DEFAULT_TIMESTAMP_URL
+        commands.append(["signtool", "sign", "/sha1", thumbprint, "/fd", "SHA256",
+                         "/tr", url, "/td", "SHA256", *map(str, programs)])
+        commands.append(["signtool", "verify", "/pa", *map(str, programs)])
+    else:
+        notes.append("BERTH_SIGN_CERT_SHA1 is not set: the .exe files are NOT signed "
+                     "(SmartScreen will warn)")
+    return commands, notes
+
+
+def run_recipe(os_name: str) -> int:
+    """Build the macOS or Windows bundle on that OS: PyInstaller, then the post steps."""
+    import shutil
+    import subprocess
+
+    dist = ROOT / "dist"
+    work = ROOT / "build" / os_name
+    spec = ROOT / "packaging" / os_name / "berth.spec"
+    subprocess.run([sys.executable, "-m", "PyInstaller", "--noconfirm", "--distpath",
+                    str(work / "bundle"), "--workpath", str(work / "work"), str(spec)],
+                   check=True)
+    dist.mkdir(exist_ok=True)
+    if os_name == "macos":
+        commands, notes = macos_commands(work / "bundle" / "Berth.app", dist, os.environ)
+    else:
+        commands, notes = windows_commands(work / "bundle" / "Berth", dist, os.environ)
+    for note in notes:
+        print(f"note: {note}")
+    for command in commands:
+        print("+ " + " ".join(command))
+        subprocess.run(command, check=True)
+    if os_name == "windows":
+        archive = shutil.make_archive(
+            str(dist / f"Berth-{project_version()}-windows-amd64"), "zip",
+            work / "bundle", "Berth")
+        print(archive)
+    return 0
+
+
+# ---- Debian dependencies ------------------------------------------------------------------
+
+
+def elf_files(bundle: Path) -> list[Path]:
+    out = []
+    for path in sorted(bundle.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            with path.open("rb") as handle:
+                if handle.read(4) == b"\x7fELF":
+                    out.append(path)
+    return out
+
+
+def outside_libraries(bundle: Path) -> tuple[set[str], set[str]]:
+    """(system libraries the bundle's ELF files load from outside it, names not found).
+
+    ``ldd`` runs with every bundle folder holding a ``.so`` on ``LD_LIBRARY_PATH``, the way
+    the bootloader and Qt's plugin loader find them at run time.
+    """
+    import subprocess
+
+    lib_dirs = sorted({str(p.parent) for p in bundle.rglob("*.so*")})
+    env = dict(os.environ, LD_LIBRARY_PATH=":".join(lib_dirs))
+    outside: set[str] = set()
+    missing: set[str] = set()
+    root = str(bundle.resolve())
+    for elf in elf_files(bundle):
+        result = subprocess.run(
+            ["ldd", str(elf)], capture_output=True, text=True, env=env, check=False
+        )
+        for line in result.stdout.splitlines():
+            parts = line.split()
+            if "=>" not in parts:
+                continue
+            name, target = parts[0], parts[parts.index("=>") + 1]
+            if target == "not":
+                missing.add(name)
+            elif target.startswith("/") and not os.path.realpath(target).startswith(root):
+                outside.add(os.path.realpath(target))
+    return outside, missing
+
+
+def deb_depends(bundle: Path) -> list[str]:
+    """The Debian packages owning the libraries the bundle loads from the system."""
+    import subprocess
+
+    outside, missing = outside_libraries(bundle)
+    if missing:
+        raise SystemExit(
+            "libraries the bundle needs are not installed on the build host: "
+            + ", ".join(sorted(missing))
+        )
+    packages: set[str] = set()
+    for path in sorted(outside):
+        result = subprocess.run(
+            ["dpkg-query", "-S", path], capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            # usrmerge: dpkg knows /lib/x86_64-linux-gnu/x, ldd says /usr/lib/...
+            alt = path.removeprefix("/usr") if path.startswith("/usr/lib") else "/usr" + path
+            result = subprocess.run(
+                ["dpkg-query", "-S", alt], capture_output=True, text=True, check=False
+            )
+        if result.returncode != 0:
+            raise SystemExit(f"no Debian package owns {path}")
+        packages.add(result.stdout.split(":", 1)[0].strip())
+    out = []
+    for package in sorted(packages):
+        if package == "libc6":
+            version = subprocess.run(
+                ["dpkg-query", "-W", "-f=${Version}", "libc6"],
+                capture_output=True, text=True, check=True,
+            ).stdout.split("-")[0]
+            out.append(f"libc6 (>= {version})")
+        else:
+            out.append(package)
+    return out
+
+
 def main(argv: Sequence[str]) -> int:
     command = argv[0] if argv else "icons"
     if command == "icons":
@@ -231,7 +475,13 @@ def main(argv: Sequence[str]) -> int:
             check_manifest(directory)
             print(f"{arch}\t{directory}")
         return 0
-    print("usage: build.py icons | version | guest-datas", file=sys.stderr)
+    if command in ("macos", "windows"):
+        return run_recipe(command)
+    if command == "deb-depends" and len(argv) == 2:
+        print(", ".join(deb_depends(Path(argv[1]))))
+        return 0
+    print("usage: build.py icons | version | guest-datas | deb-depends BUNDLE | macos | windows",
+          file=sys.stderr)
     return 2
 
 
