@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from vm_backend.errors import BerthError
-from vm_backend.guest.agent import SOCKET_PATH as AGENT_SOCKET
+from vm_backend.guest.agent import AGENT_PATH
 from vm_backend.machine.agent import AgentClient
 from vm_backend.machine.context import remove_context, write_context
 from vm_backend.machine.disk import ReclaimResult, trim_guest
@@ -264,7 +264,8 @@ class MachineService:
     @staticmethod
     def _guest_has_agent(ssh: GuestSSH) -> bool:
         try:
-            return ssh.exec(["test", "-S", AGENT_SOCKET], timeout=30).rc == 0
+            # The image ships one (its socket may come later: the client keeps trying).
+            return ssh.exec(["test", "-f", AGENT_PATH], timeout=30).rc == 0
         except BerthError as err:
             log.warning("could not look for the guest agent: %s", err)
             return False

@@ -45,6 +45,7 @@ from urllib.parse import quote
 PROTOCOL_VERSION = 1
 AGENT_VERSION = "1.0.0"
 SOCKET_PATH = "/run/berth/agent.sock"
+AGENT_PATH = "/usr/lib/berth/agent.py"  # where the guest image installs this file
 DOCKER_SOCKET = "/var/run/docker.sock"
 DATA_MOUNT = "/mnt/data"
 MAX_LINE = 1 << 20  # a JSON line longer than this is a protocol error
@@ -286,6 +287,7 @@ class Agent:
         self.last_clock_offset = 0.0
         self.stopping = threading.Event()
         self._cpu_prev: tuple[int, int] | None = None
+        self._owners: dict[int, tuple[str, str]] = {}
 
     # ---- state ------------------------------------------------------------------------
     def hello(self) -> dict[str, Any]:
@@ -389,8 +391,11 @@ class Agent:
                     inodes[inode] = (proto, port)
         if not inodes:
             return []
-        owners: dict[int, tuple[str, str]] = {}  # inode -> (comm, container id)
-        for pid in os.listdir("/proc"):
+        # inode -> (comm, container id); a socket's inode is unique while it exists, so
+        # /proc/*/fd is walked only when a listener appeared that is not known yet.
+        owners = {i: o for i, o in self._owners.items() if i in inodes}
+        self._owners = owners
+        for pid in os.listdir("/proc") if set(inodes) - set(owners) else ():
             if not pid.isdigit() or pid == str(os.getpid()):
                 continue
             try:

@@ -226,12 +226,14 @@ berth_stage engine
 # agent: Berth's guest agent, when the image ships one.
 # --------------------------------------------------------------------------
 # agent-supervise restarts it whenever it exits; the stage is reported once
-# its socket (/run/berth/agent.sock, 0600 in this 0700 dir) accepts berthd.
+# its socket (/run/berth/agent.sock, 0600 in this 0700 dir) exists. A slow or
+# failing agent is reported but does not fail the boot: berthd keeps trying
+# to reach it, and the engine works without it.
 if [ -f /usr/lib/berth/agent.py ]; then
     setsid /usr/lib/berth/init/agent-supervise < /dev/null > /dev/null 2>&1 &
     echo $! > "$BERTH_RUN/agent-supervise.pid"
-    berth_wait 60 test -S "$BERTH_RUN/agent.sock" \
-        || berth_fail agent agent-socket-missing "$BERTH_LOG/agent.log"
+    berth_wait 120 test -S "$BERTH_RUN/agent.sock" \
+        || berth_warn agent "agent-socket-missing: see $BERTH_LOG/agent.log"
 else
     berth_info agent "not-installed"
 fi
