@@ -128,8 +128,9 @@ class GuestPanel(QWidget):
                 self.note.setText(text)
             else:
                 self.note.setText(self.tr(
-                    "Guest figures need the Berth agent; this VM reports none, so only "
-                    "QEMU's own figures are shown."
+                    "Guest figures (memory, disk and CPU as the VM sees them) need the Berth "
+                    "agent's reports, which this VM's image does not send; only QEMU's own "
+                    "figures are shown."
                 ))
             self._show_charts(False, False)
             self.disk.hide()

@@ -172,7 +172,7 @@ def test_missing_agent_is_said_plainly(qtbot: QtBot, fake_daemon: FakeDaemon) ->
     guest = page.overview.guest
     qtbot.waitUntil(lambda: page.state == "running", timeout=WAIT)
     assert guest.isVisible() and not guest.cpu_chart.isVisible()
-    assert "need the Berth agent" in guest.note.text()
+    assert "need the Berth agent" in guest.note.text() and "does not send" in guest.note.text()
     fake_daemon.doc = {**fake_daemon.doc, "agent": {"connected": False}}
     qtbot.waitUntil(lambda: "not connected yet" in guest.note.text(), timeout=WAIT)
     assert guest.mem_chart.isHidden() and not guest.cpu_chart.samples()
