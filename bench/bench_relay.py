@@ -6,7 +6,11 @@ same local sshd (standing in for the VM's), measured side by side in one run:
 * direct            - the engine's own unix socket (baseline)
 * ssh -L            - OpenSSH: ``ssh -N -L <sock>:/var/run/docker.sock`` (the reference)
 * berth streamlocal - EngineSocketRelay, direct-streamlocal@openssh.com channels
+* berth buffered    - the same with ``direct_delivery`` off (every reply through the
+                      downstream pump thread, as before the fast path)
 * berth dial-stdio  - EngineSocketRelay, ``docker system dial-stdio`` per connection
+* paramiko bare     - keep-alive only: a streamlocal channel used directly from the
+                      measuring process, no relay (what paramiko alone costs)
 
 Two client patterns: "keep-alive" (one connection, many requests: docker-py's pool) and
 "new conn" (connect, one request, close: each docker CLI run, and every relay channel
@@ -14,7 +18,7 @@ open). Rounds alternate between the paths so that load from other processes hits
 all alike. Prints p50/p99 per path and the ratio against ``ssh -L``.
 
 Run as root (the sshd stand-in logs in as root) with openssh-server installed:
-``python bench/bench_relay.py [-n 1000] [--new-conn-n 200]``.
+``python bench/bench_relay.py [-n 1000] [--new-conn-n 200] [--no-dial-stdio]``.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Protocol
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -43,7 +48,7 @@ ENDPOINTS = ("/_ping", "/containers/json?all=1")
 ERRORS: dict[str, int] = {}
 
 
-def _read_response(sock: socket.socket, buf: bytearray) -> None:
+def _read_response(sock: _Stream, buf: bytearray) -> None:
     """Read one HTTP/1.1 response (Content-Length or chunked) and drop it from ``buf``."""
     while b"\r\n\r\n" not in buf:
         chunk = sock.recv(65536)
@@ -76,9 +81,19 @@ def _request(path: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: docker\r\n\r\n".encode()
 
 
+class _Stream(Protocol):
+    def sendall(self, data: bytes, /) -> None: ...
+
+    def recv(self, n: int, /) -> bytes: ...
+
+
 def keepalive_sampler(sock_path: str, endpoint: str) -> Callable[[int], list[float]]:
     sock = socket.socket(socket.AF_UNIX)
     sock.connect(sock_path)
+    return stream_sampler(sock, endpoint)
+
+
+def stream_sampler(sock: _Stream, endpoint: str) -> Callable[[int], list[float]]:
     buf = bytearray()
     req = _request(endpoint)
 
@@ -152,11 +167,12 @@ def ssh_forward(server: SshdServer, workdir: Path) -> Iterator[str]:
 
 
 @contextmanager
-def relay_process(server: SshdServer, workdir: Path) -> Iterator[dict[str, str]]:
+def relay_process(server: SshdServer, workdir: Path, dial_stdio: bool) -> Iterator[dict[str, str]]:
     proc = subprocess.Popen(
         [
             sys.executable, __file__, "--serve", str(server.port),
             str(server.keys.client.private_path), server.keys.host.public_openssh, str(workdir),
+            "1" if dial_stdio else "0",
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -179,16 +195,21 @@ def relay_process(server: SshdServer, workdir: Path) -> Iterator[dict[str, str]]
         proc.wait(10)
 
 
-def serve(port: int, client_key: str, host_pub: str, workdir: Path) -> None:
-    """Child mode: run Berth's relays (one per mechanism) until stdin closes."""
+def serve(port: int, client_key: str, host_pub: str, workdir: Path, dial_stdio: bool) -> None:
+    """Child mode: run Berth's relays until stdin closes."""
     guest = GuestSSH(port, Path(client_key), host_pub)
     guest.connect()
     relays = []
-    for mech in RelayMechanism:
-        relay = EngineSocketRelay(guest, workdir / mech.name.lower() / "d.sock", mechanism=mech)
+    variants = [("berth streamlocal", RelayMechanism.STREAMLOCAL, True),
+                ("berth buffered", RelayMechanism.STREAMLOCAL, False)]
+    if dial_stdio:
+        variants.append(("berth dial-stdio", RelayMechanism.DIAL_STDIO, True))
+    for i, (name, mech, direct) in enumerate(variants):
+        relay = EngineSocketRelay(guest, workdir / f"r{i}" / "d.sock", mechanism=mech)
+        relay.direct_delivery = direct
         relay.start()
         relays.append(relay)
-        print(f"berth {mech.value}\t{relay.socket_path}", flush=True)
+        print(f"{name}\t{relay.socket_path}", flush=True)
     print("READY", flush=True)
     sys.stdin.read()
     for relay in relays:
@@ -197,13 +218,15 @@ def serve(port: int, client_key: str, host_pub: str, workdir: Path) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) == 6 and sys.argv[1] == "--serve":
-        serve(int(sys.argv[2]), sys.argv[3], sys.argv[4], Path(sys.argv[5]))
+    if len(sys.argv) == 7 and sys.argv[1] == "--serve":
+        serve(int(sys.argv[2]), sys.argv[3], sys.argv[4], Path(sys.argv[5]), sys.argv[6] == "1")
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=1000, help="keep-alive requests per path")
     parser.add_argument("--new-conn-n", type=int, default=200, help="new-connection requests")
     parser.add_argument("--rounds", type=int, default=10, help="interleaving rounds")
+    parser.add_argument("--no-dial-stdio", action="store_true",
+                        help="skip the dial-stdio relay (slow: a process per connection)")
     args = parser.parse_args()
     if shutil.which("ssh") is None:
         sys.exit("needs the OpenSSH client (ssh) and server (sshd)")
@@ -216,7 +239,14 @@ def main() -> None:
         paths["ssh -L"] = stack.enter_context(ssh_forward(server, workdir))
         # The relays run in a process of their own, as in berthd: sharing this process's
         # GIL with the measuring loop would charge Berth for the benchmark's own work.
-        paths.update(stack.enter_context(relay_process(server, workdir)))
+        paths.update(
+            stack.enter_context(relay_process(server, workdir, not args.no_dial_stdio))
+        )
+        # paramiko alone, in this process (nothing else runs in it while it measures).
+        bare = GuestSSH(server.port, server.keys.client.private_path,
+                        server.keys.host.public_openssh)
+        bare.connect()
+        stack.callback(bare.close)
         results: dict[tuple[str, str, str], list[float]] = {}
         for mode, factory, n in (
             ("keep-alive", keepalive_sampler, args.n),
@@ -224,6 +254,10 @@ def main() -> None:
         ):
             for endpoint in ENDPOINTS:
                 samplers = {name: factory(p, endpoint) for name, p in paths.items()}
+                if mode == "keep-alive":
+                    chan = bare.open_unix_socket(DOCKER_SOCK)
+                    stack.callback(chan.close)
+                    samplers["paramiko bare"] = stream_sampler(chan, endpoint)
                 for sampler in samplers.values():
                     sampler(max(1, n // 50))  # warm-up, discarded
                 per_round = max(1, n // args.rounds)

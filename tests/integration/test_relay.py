@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import os
 import socket
 import subprocess
@@ -576,3 +577,45 @@ def test_a_half_open_stream_lives_until_the_client_closes(
         wait_until(lambda: relay.active_connections == 0, what="the client's close")
     finally:
         relay.stop()
+
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct-delivery", "buffered"])
+def test_bulk_both_ways_with_a_slow_reader(guest: GuestSSH, tmp_path: Path, direct: bool) -> None:
+    # 16 MiB each way, well past the channel window (2 MiB). For the download the client
+    # sleeps before reading, so the guest's bytes pile up: with direct delivery the
+    # transport thread must fall back to buffering (it never blocks on one client), and
+    # nothing may be lost or reordered on the switch.
+    size = 16 * 1024 * 1024
+    line = b"0123456789abcdef\n"
+    down = EngineSocketRelay(
+        guest, tmp_path / "down" / "docker.sock", mechanism=RelayMechanism.DIAL_STDIO,
+        dial_stdio_argv=["sh", "-c", f"yes {line.decode().strip()} | head -c {size}"],
+    )
+    up = EngineSocketRelay(
+        guest, tmp_path / "up" / "docker.sock", mechanism=RelayMechanism.DIAL_STDIO,
+        dial_stdio_argv=["sha256sum"],
+    )
+    try:
+        for relay in (down, up):
+            relay.direct_delivery = direct
+            relay.start()
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(down.socket_path))
+            time.sleep(1.0)  # let the channel window and the socket buffers fill up
+            got = recv_all(s, timeout=120)
+        assert len(got) == size
+        assert got == (line * (size // len(line) + 1))[:size]
+
+        payload = os.urandom(size)
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(up.socket_path))
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR)
+            reply = recv_all(s, timeout=120)
+        assert reply.split()[0].decode() == hashlib.sha256(payload).hexdigest()
+        wait_until(lambda: down.active_connections == up.active_connections == 0,
+                   what="bulk connections to end")
+    finally:
+        down.stop()
+        up.stop()

@@ -37,9 +37,12 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+from paramiko.buffered_pipe import BufferedPipe
 from paramiko.channel import Channel
+from paramiko.common import cMSG_CHANNEL_WINDOW_ADJUST
+from paramiko.message import Message
 from paramiko.ssh_exception import SSHException
 
 from vm_backend.errors import BerthError
@@ -52,6 +55,9 @@ DIAL_STDIO_ARGV: tuple[str, ...] = ("docker", "system", "dial-stdio")
 # on one works on both.
 MAX_SOCKET_PATH = 103
 _CHUNK = 65536
+# Non-blocking send flag for the transport thread's direct writes (absent on Windows,
+# where the fast path is then off).
+_DONTWAIT: int = getattr(socket, "MSG_DONTWAIT", 0)
 
 
 class RelayMechanism(enum.Enum):
@@ -140,6 +146,92 @@ def bind_private_socket(path: Path, backlog: int = 128) -> tuple[socket.socket, 
         raise
 
 
+class _DirectPipe(BufferedPipe):  # type: ignore[type-arg]
+    """A channel's input buffer that hands the guest's bytes straight to the client.
+
+    paramiko's reader thread (the transport) decrypts each packet and feeds its payload
+    to ``channel.in_buffer``; a pump thread then wakes up, reads it and writes it to the
+    client socket. For request/response traffic that wake-up is a third thread hop per
+    reply (client -> pump -> transport -> *pump* -> client) where OpenSSH has one event
+    loop. This pipe takes the place of the channel's buffer (same object, class
+    swapped) and, while it is *direct*, writes each payload to the client socket from
+    the transport thread itself, non-blocking, and acknowledges the window as
+    ``Channel.recv`` would.
+
+    It falls back to the ordinary buffer, for good, and starts the connection's
+    downstream pump thread, as soon as the client cannot take a payload at once (a slow
+    reader, a bulk download: the transport thread must never block on one client), or a
+    key re-exchange is under way (a window adjust must not wait for it on the thread
+    that runs it), or a write got past the class swap (see ``_Watch``). Its EOF and close
+    notifications (``close()``, which paramiko calls from ``_handle_eof`` and
+    ``_set_closed`` with the channel's lock held) become the client's EOF; they never
+    call back into the channel.
+    """
+
+    _conn: _Connection
+    _direct: bool
+    # BufferedPipe's own state (private in paramiko, absent from its type stubs).
+    _lock: threading.Lock
+    _cv: threading.Condition
+    _event: Any
+    _buffer: Any
+    _closed: bool
+
+    def _buffer_frombytes(self, data: bytes) -> None:
+        self._buffer.frombytes(data)
+
+    def feed(self, data: bytes) -> None:
+        sent = 0
+        with self._lock:
+            if self._direct and not self._closed and len(self._buffer) == 0:
+                sent = self._conn.deliver(data)
+                if sent < len(data):
+                    self._direct = False
+                    self._conn.to_buffered()
+            if sent < len(data):
+                if self._event is not None:
+                    self._event.set()
+                self._buffer_frombytes(data[sent:])
+                self._cv.notify_all()
+        # Outside the pipe's lock: the window needs the channel's lock, which a thread
+        # closing the channel holds while it closes this pipe.
+        if sent:
+            self._conn.ack(sent)
+
+    def close(self) -> None:
+        with self._lock:
+            direct = self._direct
+            first = not self._closed  # the EOF, then maybe the channel's close
+            self._closed = True
+            self._cv.notify_all()
+            if self._event is not None:
+                self._event.set()
+        if direct and first:
+            self._conn.guest_eof_direct()
+
+
+class _Watch:
+    """The pipe's ``_event`` while direct: a write that got past the class swap ends it.
+
+    A ``BufferedPipe.feed`` or ``close`` that paramiko's thread entered just before
+    :meth:`_Connection._go_direct` swapped the class runs the base code, which sets the
+    event (under the pipe's lock) before adding its data: the bytes then wait in the
+    buffer, and the downstream thread takes over.
+    """
+
+    def __init__(self, pipe: _DirectPipe) -> None:
+        self.pipe = pipe
+
+    def set(self) -> None:
+        pipe = self.pipe
+        if pipe._direct:  # pipe._lock is held here (base feed/close set it in the lock)
+            pipe._direct = False
+            pipe._conn.to_buffered()
+
+    def clear(self) -> None:
+        pass
+
+
 class _Connection:
     """One relayed client: a client socket, one SSH channel, two pump threads.
 
@@ -159,6 +251,12 @@ class _Connection:
         self._up_done = False
         self._aborted = False
         self._finished = False
+        # The fast path (_DirectPipe): while it lasts, run_down only waits on _down_go,
+        # which is set when the pipe falls back to buffering, or the guest's EOF was
+        # passed on from the transport thread (_direct_eof), or the connection aborts.
+        self._direct = False
+        self._direct_eof = False
+        self._down_go = threading.Event()
 
     def run_up(self) -> None:
         """Thread 1: open the channel, start the downstream pump, then client -> channel."""
@@ -181,6 +279,7 @@ class _Connection:
             self._half_done(up=True)
             self._half_done()
             return
+        self._go_direct(chan)
         try:
             threading.Thread(
                 target=self.run_down, name=f"berth-relay-down-{self.number}", daemon=True
@@ -216,19 +315,98 @@ class _Connection:
         chan = self.chan
         assert chan is not None
         try:
-            while True:
-                data = chan.recv(_CHUNK)
-                if not data:
-                    break
-                self.client.sendall(data)
-            if not self._aborted:
-                self.client.shutdown(socket.SHUT_WR)
+            if self._direct:
+                self._down_go.wait()
+            if not self._direct_eof:
+                while True:
+                    data = chan.recv(_CHUNK)
+                    if not data:
+                        break
+                    self.client.sendall(data)
+                if not self._aborted:
+                    self.client.shutdown(socket.SHUT_WR)
             if self._wait_channel_closed(chan):
                 self._abort("the guest closed the channel")
         except (OSError, EOFError, SSHException) as exc:
             self._abort(f"guest to client: {exc}")
         finally:
             self._half_done()
+
+    # ------------------------------------------------------------ the fast path
+
+    def _go_direct(self, chan: Channel) -> None:
+        """Swap the channel's input buffer for a :class:`_DirectPipe` if it is safe to.
+
+        Only a real paramiko channel whose buffer is still empty and unwatched
+        (``fileno()`` not used) is switched; anything else keeps the buffered path.
+        """
+        if not _DONTWAIT or not self.relay.direct_delivery:
+            return
+        found = getattr(chan, "in_buffer", None)
+        transport = getattr(chan, "transport", None)
+        if type(found) is not BufferedPipe or getattr(transport, "clear_to_send", None) is None:
+            return
+        pipe: Any = found
+        with pipe._lock:
+            if pipe._closed or len(pipe._buffer) or pipe._event is not None:
+                return
+            pipe.__class__ = _DirectPipe
+            pipe._conn = self
+            pipe._direct = True
+            pipe._event = _Watch(pipe)
+        self._direct = True
+
+    def deliver(self, data: bytes) -> int:
+        """Transport thread: write ``data`` to the client without blocking; bytes sent.
+
+        A key re-exchange in progress sends nothing (0): paramiko's own thread runs it,
+        so the window adjust (:meth:`ack`) must not wait for it here.
+        """
+        chan: Any = self.chan
+        transport: Any = chan.transport
+        if self._aborted or not transport.clear_to_send.is_set():
+            return 0
+        view = memoryview(data)
+        sent = 0
+        try:
+            while sent < len(view):
+                sent += self.client.send(view[sent:], _DONTWAIT)
+        except OSError:
+            pass  # full (EAGAIN), or gone: the buffered path takes over and sees it again
+        return sent
+
+    def ack(self, n: int) -> None:
+        """Transport thread: count ``n`` delivered bytes against the channel's window and
+        send a window adjust when due, as ``Channel.recv`` does."""
+        chan: Any = self.chan
+        transport: Any = chan.transport
+        ack = chan._check_add_window(n)
+        if ack > 0:
+            m = Message()
+            m.add_byte(cMSG_CHANNEL_WINDOW_ADJUST)
+            m.add_int(chan.remote_chanid)
+            m.add_int(ack)
+            try:
+                transport._send_user_message(m)
+            except (OSError, EOFError, SSHException) as exc:  # the transport is dying
+                log.debug("engine socket connection %d: window adjust: %s", self.number, exc)
+
+    def to_buffered(self) -> None:
+        """The pipe fell back to buffering: run_down pumps from now on."""
+        self._down_go.set()
+
+    def guest_eof_direct(self) -> None:
+        """Transport thread (channel lock held): the guest's EOF; pass it to the client.
+
+        Must not call into the channel. run_down then waits for the channel's close.
+        """
+        if not self._aborted:
+            with contextlib.suppress(OSError):
+                self.client.shutdown(socket.SHUT_WR)
+        self._direct_eof = True
+        self._down_go.set()
+
+    # --------------------------------------------------------------- endings
 
     def _wait_channel_closed(self, chan: Channel) -> bool:
         """Block until the channel is closed (True) or the upstream half is done (False).
@@ -277,6 +455,7 @@ class _Connection:
                 return
             self._aborted = True
             chan = self.chan
+        self._down_go.set()
         log.debug("engine socket connection %d aborted: %s", self.number, reason)
         # Both calls wake the pump threads: recv() on a closed channel returns b"", and
         # shutdown() makes the client socket's recv return and poll report HUP.
@@ -336,7 +515,13 @@ class EngineSocketRelay:
 
     ``max_connections`` bounds threads and channels (two threads and one channel per
     connection); a client beyond it is closed at once and a warning is logged.
+
+    ``direct_delivery`` (on by default) lets paramiko's transport thread write the
+    guest's bytes straight to the client (:class:`_DirectPipe`); off, every byte goes
+    through the downstream pump thread. It exists for the benchmark's side-by-side.
     """
+
+    direct_delivery = True
 
     def __init__(
         self,
@@ -466,6 +651,10 @@ class EngineSocketRelay:
                 self._counter += 1
                 conn = _Connection(self, client, self._counter)
                 self._connections.add(conn)
+        if not full and client.family in (socket.AF_INET, socket.AF_INET6):
+            # A port forward's TCP client: replies go out as they come (no Nagle delay).
+            with contextlib.suppress(OSError):
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if full:
             log.warning(
                 "engine socket: %d connections already open; refusing one more",
