@@ -316,11 +316,16 @@ def test_agent_killed_ten_times_comes_back(svc: MachineService) -> None:
             assert new_pid != old_pid
         assert wait_for(lambda: b"berth test" in (http_get(TCP_PORT) or b""), 30) is not None
         assert row(svc, TCP_PORT, "tcp") is not None
+
         # Give closed channels' threads a moment to end, then compare.
-        settled = wait_for(lambda: _fds_and_threads() <= (before[0] + 2, before[1] + 1), 30)
+        def settled_back() -> bool:
+            fds, threads = _fds_and_threads()
+            return fds <= before[0] + 2 and threads <= before[1] + 1
+
+        settled = wait_for(settled_back, 30)
         after = _fds_and_threads()
         print(f"\nfds/threads before {before}, after 10 kills {after}")
-        assert settled is not None, (before, after)
+        assert settled is not None, (before, after, [t.name for t in threading.enumerate()])
     finally:
         docker(svc, "rm", "-f", "agent-kill")
 
