@@ -54,6 +54,7 @@ import docker
 import psutil
 
 BENCH_LABEL = "berth.bench"
+OWNER = str(os.getpid())  # the label's value: the run that owns the container
 IMAGE = "berth-test/busybox:latest"
 DEFAULT_ENGINE = "unix:///var/run/docker.sock"
 WORKERS = 16
@@ -75,7 +76,7 @@ def create_containers(url: str, n: int, start: bool = False) -> list[str]:
 
     def one(i: str) -> str:
         c = api.create_container(
-            IMAGE, command=["sleep", "3600"], labels={BENCH_LABEL: "1"},
+            IMAGE, command=["sleep", "3600"], labels={BENCH_LABEL: OWNER},
             host_config=host_config, name=f"berth-bench-{i}",
         )
         if start:
@@ -89,8 +90,17 @@ def create_containers(url: str, n: int, start: bool = False) -> list[str]:
 
 
 def remove_bench_containers(url: str) -> int:
+    """Remove this run's containers and those of runs that no longer exist.
+
+    Containers of another bench run still going (its process alive) are left alone, so
+    two runs on one engine do not pull each other's containers away.
+    """
     api = _api(url)
-    ids = [c["Id"] for c in api.containers(all=True, filters={"label": BENCH_LABEL})]
+    ids = [
+        c["Id"]
+        for c in api.containers(all=True, filters={"label": BENCH_LABEL})
+        if _orphaned((c.get("Labels") or {}).get(BENCH_LABEL, ""))
+    ]
 
     def rm(cid: str) -> None:
         try:
@@ -104,6 +114,16 @@ def remove_bench_containers(url: str) -> int:
     _parallel(rm, ids)
     api.close()
     return len(ids)
+
+
+def _orphaned(owner: str) -> bool:
+    if owner == OWNER or not owner.isdigit():
+        return True
+    try:
+        cmdline = psutil.Process(int(owner)).cmdline()
+    except psutil.Error:
+        return True
+    return not any(arg.endswith("bench_gui.py") for arg in cmdline)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -260,12 +280,18 @@ def bench_stall(url: str, n: int, profile: Path | None = None) -> dict[str, Any]
     hb.start()
     t0 = time.perf_counter()
     with _Profile(profile):
-        all_running = _run_until(lambda: "started" in phase and states("running"), 900)
+        def failed() -> bool:
+            return churn.poll() not in (None, 0)
+
+        all_running = _run_until(
+            lambda: failed() or ("started" in phase and states("running")), 900
+        )
         phase["model_running"] = time.perf_counter() - t0
-        all_exited = _run_until(lambda: "stopped" in phase and states("exited"), 900)
+        all_exited = _run_until(lambda: failed() or ("stopped" in phase and states("exited")), 900)
         phase["model_exited"] = time.perf_counter() - t0
     loaded = hb.stop()
-    churn.wait(60)
+    if churn.wait(60) != 0:
+        raise RuntimeError(f"the churn process failed ({churn.returncode})")
     reader.join(5)
     ctx.shutdown()
     window.close()
@@ -329,7 +355,7 @@ def bench_logflood(
     chunk = max(1, rate // 10)
     api = _api(url)
     c = api.create_container(
-        IMAGE, command=["sh", "-c", FLOOD_SCRIPT], labels={BENCH_LABEL: "1"},
+        IMAGE, command=["sh", "-c", FLOOD_SCRIPT], labels={BENCH_LABEL: OWNER},
         environment={"L": FLOOD_LINE, "R": str(rate), "C": str(chunk)},
         name=f"berth-bench-flood-{os.getpid()}",
         host_config=api.create_host_config(network_mode="none"),
