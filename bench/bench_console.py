@@ -31,6 +31,7 @@ import contextlib
 import gc
 import json
 import os
+import random
 import socket
 import sys
 import threading
@@ -225,8 +226,10 @@ def bench_real(lines: int, timeout: float) -> dict[str, Any]:
     hb.start()
     t0, cpu0 = time.perf_counter(), time.process_time()
     with GcPauses() as gcp:
-        console.terminal.send_text(f"yes | head -n {lines}; echo berth-flood-$((40+2))\r")
-        want = "berth-flood-42"
+        # A fresh number each run: berthd replays earlier runs' output on connect.
+        nonce = random.randrange(10**6, 10**7)
+        console.terminal.send_text(f"yes | head -n {lines}; echo berth-flood-$(({nonce}+1))\r")
+        want = f"berth-flood-{nonce + 1}"
         finished = _run_until(
             lambda: not console.terminal.pending_bytes
             and want in console.terminal.text(include_scrollback=False), timeout
