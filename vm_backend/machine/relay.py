@@ -158,14 +158,14 @@ class _DirectPipe(BufferedPipe):  # type: ignore[type-arg]
     the transport thread itself, non-blocking, and acknowledges the window as
     ``Channel.recv`` would.
 
-    It falls back to the ordinary buffer, for good, and starts the connection's
-    downstream pump thread, as soon as the client cannot take a payload at once (a slow
-    reader, a bulk download: the transport thread must never block on one client), or a
-    key re-exchange is under way (a window adjust must not wait for it on the thread
-    that runs it), or a write got past the class swap (see ``_Watch``). Its EOF and close
-    notifications (``close()``, which paramiko calls from ``_handle_eof`` and
-    ``_set_closed`` with the channel's lock held) become the client's EOF; they never
-    call back into the channel.
+    It falls back to the ordinary buffer, waking the connection's downstream pump thread
+    (which waits meanwhile) until that thread has written the buffer out, as soon as the
+    client cannot take a payload at once (a slow reader, a bulk download: the transport
+    thread must never block on one client), or a key re-exchange is under way (a window
+    adjust must not wait for it on the thread that runs it), or a write got past the
+    class swap (see ``_Watch``). Its EOF and close notifications (``close()``, which
+    paramiko calls from ``_handle_eof`` and ``_set_closed`` with the channel's lock
+    held) become the client's EOF; they never call back into the channel.
     """
 
     _conn: _Connection
@@ -315,22 +315,32 @@ class _Connection:
         chan = self.chan
         assert chan is not None
         try:
-            if self._direct:
-                self._down_go.wait()
-            if not self._direct_eof:
-                while True:
-                    data = chan.recv(_CHUNK)
-                    if not data:
-                        break
-                    self.client.sendall(data)
-                if not self._aborted:
-                    self.client.shutdown(socket.SHUT_WR)
+            while True:
+                if self._direct:
+                    self._down_go.wait()  # the transport thread delivers meanwhile
+                if self._direct_eof:
+                    break  # it delivered the EOF too
+                if self._pump_buffered(chan):
+                    if not self._aborted:
+                        self.client.shutdown(socket.SHUT_WR)
+                    break
             if self._wait_channel_closed(chan):
                 self._abort("the guest closed the channel")
         except (OSError, EOFError, SSHException) as exc:
             self._abort(f"guest to client: {exc}")
         finally:
             self._half_done()
+
+    def _pump_buffered(self, chan: Channel) -> bool:
+        """Copy the channel's buffer to the client: True at the channel's EOF, False once
+        the buffer is drained and direct delivery resumed (see :meth:`_rearm`)."""
+        while True:
+            data = chan.recv(_CHUNK)
+            if not data:
+                return True
+            self.client.sendall(data)
+            if self._direct and self._rearm(chan):
+                return False
 
     # ------------------------------------------------------------ the fast path
 
@@ -390,6 +400,23 @@ class _Connection:
                 transport._send_user_message(m)
             except (OSError, EOFError, SSHException) as exc:  # the transport is dying
                 log.debug("engine socket connection %d: window adjust: %s", self.number, exc)
+
+    def _rearm(self, chan: Channel) -> bool:
+        """Down thread, buffer written out: hand delivery back to the transport thread.
+
+        Under the pipe's lock, so a payload arriving meanwhile is either in the buffer
+        (we keep pumping) or comes after the switch (delivered directly, in order:
+        everything before it has been written by now).
+        """
+        pipe: Any = getattr(chan, "in_buffer", None)
+        if type(pipe) is not _DirectPipe:
+            return False
+        with pipe._lock:
+            if len(pipe._buffer) or pipe._closed or self._aborted:
+                return False
+            self._down_go.clear()
+            pipe._direct = True
+            return True
 
     def to_buffered(self) -> None:
         """The pipe fell back to buffering: run_down pumps from now on."""
