@@ -33,7 +33,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.bridge import Op, user_message
-from app.models.images import format_time, safe_tooltip
+from app.models.keyed import format_time, safe_tooltip
 from vm_backend.engine.models import HistoryEntry
 from vm_backend.engine.specs import parse_image_ref
 from vm_backend.errors import InputError
@@ -73,6 +73,68 @@ class ErrorLabel(QLabel):
     def setText(self, text: str) -> None:
         super().setText(text)
         self.setVisible(bool(text))
+
+
+class CheckedDialog(QDialog):
+    """A form dialog whose OK button is enabled only while :meth:`check` passes.
+
+    Subclasses build their fields, then call :meth:`add_buttons` (the error line and the
+    OK/Cancel row) and connect their fields' change signals to :meth:`validate`;
+    :meth:`submit` runs the engine call through :meth:`run_op`, which shows the engine's
+    refusal in the error line and keeps the dialog open.
+    """
+
+    error: ErrorLabel
+    buttons: QDialogButtonBox
+    ok: QPushButton
+
+    def add_buttons(self, layout: QVBoxLayout, ok_text: str) -> None:
+        self.error = ErrorLabel()
+        layout.addWidget(self.error)
+        self.buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
+        )
+        self.ok = self.buttons.button(QDialogButtonBox.StandardButton.Ok)
+        self.ok.setText(ok_text)
+        self.buttons.accepted.connect(self.submit)
+        self.buttons.rejected.connect(self.reject)
+        layout.addWidget(self.buttons)
+
+    def check(self) -> None:
+        """Raise :class:`InputError` when the fields are not acceptable."""
+        raise NotImplementedError
+
+    def untouched(self) -> bool:
+        """Whether the form is still empty: "not ready" then, not red text."""
+        return False
+
+    def submit(self) -> None:
+        raise NotImplementedError
+
+    def validate(self) -> bool:
+        try:
+            self.check()
+        except InputError as err:
+            self.error.setText("" if self.untouched() else str(err))
+            self.ok.setEnabled(False)
+            return False
+        self.error.setText("")
+        self.ok.setEnabled(True)
+        return True
+
+    def run_op(self, fn: Callable[..., Any], *args: Any, then: Callable[[Any], None]) -> None:
+        """Run ``fn(*args)`` on a worker; on success ``then(result)`` and close."""
+        self.ok.setEnabled(False)
+
+        def done(result: object) -> None:
+            then(result)
+            self.accept()
+
+        def failed(err: BaseException) -> None:
+            self.error.setText(user_message(err))
+            self.ok.setEnabled(True)
+
+        Op(fn, *args).success(done).failure(failed).run(self)
 
 
 def show_error(parent: QWidget, title: str, text: str) -> QMessageBox:
@@ -214,7 +276,7 @@ class TaskRow(QWidget):
         self.deleteLater()
 
 
-class TagDialog(QDialog):
+class TagDialog(CheckedDialog):
     """Add a tag to an image; the reference is checked as it is typed."""
 
     tagged = Signal(str)
@@ -231,47 +293,23 @@ class TagDialog(QDialog):
         self.edit = QLineEdit()
         self.edit.setPlaceholderText("repository[:tag], e.g. myapp:1.0")
         layout.addWidget(self.edit)
-        self.error = ErrorLabel()
-        layout.addWidget(self.error)
-        self.buttons = QDialogButtonBox(
-            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
-        )
-        self.ok = self.buttons.button(QDialogButtonBox.StandardButton.Ok)
-        self.ok.setText("Tag")
-        self.buttons.accepted.connect(self.submit)
-        self.buttons.rejected.connect(self.reject)
-        layout.addWidget(self.buttons)
+        self.add_buttons(layout, "Tag")
         self.edit.textChanged.connect(self.validate)
         self.validate()
 
-    def validate(self) -> bool:
-        text = self.edit.text()
-        try:
-            parse_image_ref(text)
-        except InputError as err:
-            # An empty field is not an error yet, just not ready.
-            self.error.setText(str(err) if text.strip() else "")
-            self.ok.setEnabled(False)
-            return False
-        self.error.setText("")
-        self.ok.setEnabled(True)
-        return True
+    def check(self) -> None:
+        parse_image_ref(self.edit.text())
+
+    def untouched(self) -> bool:
+        return not self.edit.text().strip()  # an empty field is not an error yet
 
     def submit(self) -> None:
         if not self.validate():
             return
         reference = str(parse_image_ref(self.edit.text()))
-        self.ok.setEnabled(False)
-
-        def done(_: object) -> None:
-            self.tagged.emit(reference)
-            self.accept()
-
-        def failed(err: BaseException) -> None:
-            self.error.setText(user_message(err))
-            self.ok.setEnabled(True)
-
-        Op(self.client.tag, self.image_id, reference).success(done).failure(failed).run(self)
+        self.run_op(
+            self.client.tag, self.image_id, reference, then=lambda _: self.tagged.emit(reference)
+        )
 
 
 class HistoryDialog(QDialog):

@@ -35,7 +35,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.bridge import Op, user_message
-from app.dialogs.image_ops import ErrorLabel, plain_label
+from app.dialogs.image_ops import CheckedDialog, plain_label
 from app.dialogs.volume_ops import parse_pairs
 from vm_backend.engine.convert import network_from_api
 from vm_backend.engine.models import Container, Network
@@ -99,7 +99,7 @@ def parse_network(name: str, driver: str, subnet: str, gateway: str, internal: b
                           parse_pairs(labels, "Labels"))
 
 
-class CreateNetworkDialog(QDialog):
+class CreateNetworkDialog(CheckedDialog):
     """Name, driver, subnet, gateway, internal and labels, checked as typed."""
 
     created = Signal(str)  # network id
@@ -129,16 +129,7 @@ class CreateNetworkDialog(QDialog):
         self.labels.setMaximumHeight(60)
         form.addRow("Labels:", self.labels)
         layout.addLayout(form)
-        self.error = ErrorLabel()
-        layout.addWidget(self.error)
-        self.buttons = QDialogButtonBox(
-            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
-        )
-        self.ok = self.buttons.button(QDialogButtonBox.StandardButton.Ok)
-        self.ok.setText("Create")
-        self.buttons.accepted.connect(self.submit)
-        self.buttons.rejected.connect(self.reject)
-        layout.addWidget(self.buttons)
+        self.add_buttons(layout, "Create")
         for edit in (self.name, self.subnet, self.gateway):
             edit.textChanged.connect(self.validate)
         self.driver.currentTextChanged.connect(self.validate)
@@ -150,34 +141,21 @@ class CreateNetworkDialog(QDialog):
                              self.gateway.text(), self.internal.isChecked(),
                              self.labels.toPlainText())
 
-    def validate(self) -> bool:
-        try:
-            self.request()
-        except InputError as err:
-            # An untouched name is "not ready", not an error worth red text.
-            self.error.setText(str(err) if self.name.text().strip() else "")
-            self.ok.setEnabled(False)
-            return False
-        self.error.setText("")
-        self.ok.setEnabled(True)
-        return True
+    def check(self) -> None:
+        self.request()
+
+    def untouched(self) -> bool:
+        # An untouched name is "not ready", not an error worth red text.
+        return not self.name.text().strip()
 
     def submit(self) -> None:
         if not self.validate():
             return
         req = self.request()
-        self.ok.setEnabled(False)
-
-        def done(network_id: str) -> None:
-            self.created.emit(network_id)
-            self.accept()
-
-        def failed(err: BaseException) -> None:
-            self.error.setText(user_message(err))
-            self.ok.setEnabled(True)
-
-        Op(self.client.create_network, req.name, req.driver, req.subnet, req.gateway,
-           req.internal, req.labels).success(done).failure(failed).run(self)
+        self.run_op(
+            self.client.create_network, req.name, req.driver, req.subnet, req.gateway,
+            req.internal, req.labels, then=self.created.emit,
+        )
 
 
 class NetworkInspectDialog(QDialog):

@@ -19,7 +19,6 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
     QDialog,
-    QDialogButtonBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -34,8 +33,8 @@ from PySide6.QtWidgets import (
 )
 
 from app.bridge import Op, user_message
-from app.dialogs.image_ops import RIGHT, ErrorLabel, TaskRow, plain_label, show_error
-from app.models.images import format_time, safe_tooltip
+from app.dialogs.image_ops import RIGHT, CheckedDialog, TaskRow, plain_label, show_error
+from app.models.keyed import format_time, safe_tooltip
 from vm_backend.engine.volume_helper import (
     VolumeEntry,
     clean_path,
@@ -48,7 +47,6 @@ from vm_backend.units import human_size
 
 if TYPE_CHECKING:
     from vm_backend.engine.client import EngineClient
-    from vm_backend.engine.models import Volume
 
 _VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 _KEY = re.compile(r"^[^=\s]+$")
@@ -82,7 +80,7 @@ def parse_pairs(text: str, what: str) -> dict[str, str]:
     return pairs
 
 
-class CreateVolumeDialog(QDialog):
+class CreateVolumeDialog(CheckedDialog):
     """Name, driver, labels and driver options, each checked as it is typed."""
 
     created = Signal(object)  # Volume
@@ -109,16 +107,7 @@ class CreateVolumeDialog(QDialog):
         self.options.setMaximumHeight(70)
         form.addRow("Options:", self.options)
         layout.addLayout(form)
-        self.error = ErrorLabel()
-        layout.addWidget(self.error)
-        self.buttons = QDialogButtonBox(
-            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
-        )
-        self.ok = self.buttons.button(QDialogButtonBox.StandardButton.Ok)
-        self.ok.setText("Create")
-        self.buttons.accepted.connect(self.submit)
-        self.buttons.rejected.connect(self.reject)
-        layout.addWidget(self.buttons)
+        self.add_buttons(layout, "Create")
         self.name.textChanged.connect(self.validate)
         self.driver.currentTextChanged.connect(self.validate)
         self.labels.textChanged.connect(self.validate)
@@ -136,34 +125,16 @@ class CreateVolumeDialog(QDialog):
             parse_pairs(self.options.toPlainText(), "Options"),
         )
 
-    def validate(self) -> bool:
-        try:
-            self.values()
-        except InputError as err:
-            self.error.setText(str(err))
-            self.ok.setEnabled(False)
-            return False
-        self.error.setText("")
-        self.ok.setEnabled(True)
-        return True
+    def check(self) -> None:
+        self.values()
 
     def submit(self) -> None:
         if not self.validate():
             return
         name, driver, labels, options = self.values()
-        self.ok.setEnabled(False)
-
-        def done(volume: Volume) -> None:
-            self.created.emit(volume)
-            self.accept()
-
-        def failed(err: BaseException) -> None:
-            self.error.setText(user_message(err))
-            self.ok.setEnabled(True)
-
-        Op(self.client.create_volume, name, driver, labels, options).success(done).failure(
-            failed
-        ).run(self)
+        self.run_op(
+            self.client.create_volume, name, driver, labels, options, then=self.created.emit
+        )
 
 
 class VolumeBrowser(QDialog):

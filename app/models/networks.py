@@ -13,7 +13,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject
 
-from app.models.images import Column, KeyedTableModel
+from app.models.keyed import Column, KeyedTableModel
 from vm_backend.engine.models import Container, Network
 
 NETWORK_COLUMNS: tuple[Column[Network], ...] = (

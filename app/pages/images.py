@@ -45,13 +45,8 @@ from app.dialogs.image_ops import (
     show_error,
 )
 from app.dialogs.pull import PullDialog
-from app.models.images import (
-    ITEM_ROLE,
-    ImageRow,
-    ImageTableModel,
-    KeyedTableModel,
-    ObjectFilterProxy,
-)
+from app.models.images import ImageRow, ImageTableModel
+from app.models.keyed import ITEM_ROLE, KeyedTableModel, ObjectFilterProxy
 from app.pages.registry import register_page
 from vm_backend.engine.models import Container, PruneResult
 from vm_backend.engine.monitor import Diff

@@ -15,7 +15,8 @@ from PySide6.QtWidgets import QMessageBox
 from app.dialogs.build import BuildDialog
 from app.dialogs.image_ops import TagDialog
 from app.dialogs.pull import PullDialog, PullTracker
-from app.models.images import ImageRow, ImageTableModel, ObjectFilterProxy, split_reference
+from app.models.images import ImageRow, ImageTableModel, split_reference
+from app.models.keyed import ObjectFilterProxy
 from app.pages.images import ImagesPage
 from vm_backend.engine.client import _progress
 from vm_backend.engine.models import (
