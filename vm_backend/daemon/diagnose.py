@@ -124,7 +124,11 @@ class _Diagnose:
     def run(self) -> list[Check]:
         vm = self.check_vm()
         ssh = vm and self.check_ssh()
+        if not vm:
+            self.skip("ssh", "the VM running")
         engine = ssh and self.check_engine()
+        if not ssh:
+            self.skip("engine", "SSH to the VM")
         if engine:
             self.check_ports()
         else:
@@ -361,8 +365,11 @@ class _Diagnose:
     # shares
     def check_shares(self, ssh_ok: bool) -> None:
         shares = self.service.shares
-        rows = shares.table() if shares is not None else []
-        for row in rows:
+        if shares is None:
+            for share in self.service.machine.spec.shares:
+                self.skip(f"share:{share.tag}", "the VM running with its shares started")
+            return
+        for row in shares.table():
             name = f"share:{row.tag}"
             if not ssh_ok:
                 self.skip(name, "SSH to the VM")

@@ -157,10 +157,10 @@ class Daemon:
         """Hop-by-hop checks, and the support bundle when asked (docs/diagnose.md)."""
         from vm_backend.daemon.diagnose import checks_to_json, run_checks, write_bundle
 
-        svc = self.service(name)
         bundle = params.get("bundle")
         if bundle and not os.path.isabs(str(bundle)):
             raise InputError("The bundle path must be absolute.", "Give the full path.")
+        svc = self.service(name)
         checks = run_checks(svc, str(params["image"]) if params.get("image") else None)
         doc = checks_to_json(checks)
         if bundle:

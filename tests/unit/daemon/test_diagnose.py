@@ -12,6 +12,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from vm_backend.daemon.diagnose import (
     FAILED,
     OK,
@@ -124,3 +126,48 @@ def test_bundle_is_private_complete_and_redacted(tmp_path: Path) -> None:
         )
     assert b"s3cr3t-value" not in blob and b"MIIEow" not in blob
     assert b"share:home" in blob and b"berth" in blob
+
+
+def test_daemon_diagnose_of_a_stopped_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through berthd's control API and the CLI: the VM hop fails, the rest is skipped."""
+    import io
+    import threading
+
+    from vm_backend.cli import build_parser
+    from vm_backend.daemon.client import DaemonClient, DaemonError
+    from vm_backend.daemon.server import make_server, run_server
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("BERTH_HOME", str(home))
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    server = make_server(home)
+    thread = threading.Thread(target=run_server, args=(server,), daemon=True)
+    thread.start()
+    try:
+        client = DaemonClient(home)
+        client.call("machine.init", {
+            "name": "d1", "cpus": 1, "memory_mib": 512, "disk_gib": 4, "accelerator": "tcg",
+            "shares": [{"host_path": str(shared), "tag": "s", "read_only": False}],
+        })
+        with pytest.raises(DaemonError, match="absolute"):
+            client.call("machine.diagnose", {"name": "d1", "bundle": "rel.tar.gz"})
+        bundle = tmp_path / "b.tar.gz"
+        doc = client.call("machine.diagnose", {"name": "d1", "bundle": str(bundle)})
+        assert doc["first_broken"] == "vm" and not doc["ok"]
+        assert {c["name"]: c["status"] for c in doc["checks"]} == {
+            "vm": FAILED, "ssh": SKIPPED, "engine": SKIPPED, "port-in-vm": SKIPPED,
+            "port-on-host": SKIPPED, "dns-vm": SKIPPED, "dns-container": SKIPPED,
+            "host-from-container": SKIPPED, "share:s": SKIPPED,
+        }
+        assert doc["bundle"]["path"] == str(bundle) and tarfile.is_tarfile(bundle)
+        # The CLI prints the report and exits 1 for a broken hop.
+        out = io.StringIO()
+        args = build_parser().parse_args(["machine", "diagnose", "--name", "d1"])
+        assert args.func(args, out) == 1
+        assert "First broken hop: vm. Start it: berth machine start" in out.getvalue()
+    finally:
+        server.shutdown()
+        thread.join(5)
