@@ -2,7 +2,8 @@
 # Build Berth's guest VM image from Debian packages.
 #
 # Outputs (in --out, default packaging/guest/out/<arch>/):
-#   vmlinuz          the generic Debian kernel (gzip-compressed Image on arm64)
+#   vmlinuz          the generic Debian kernel: on amd64 the uncompressed ELF vmlinux
+#                    (booted through PVH), on arm64 the raw Image
 #   initrd.img       busybox initramfs that mounts the squashfs root with a tmpfs overlay
 #   rootfs.squashfs  read-only root filesystem (Debian minbase + docker.io + openssh ...)
 #   manifest.json    version, arch, kernel version, sha256/size of each file, recipe hash
@@ -219,8 +220,30 @@ moddir="$root/lib/modules/$kver"
 log "kernel $kver"
 
 mkdir -p "$work/out"
-cp "$root/boot/vmlinuz-$kver" "$work/out/vmlinuz"
 kconfig="$root/boot/config-$kver"
+if [[ "$arch" == amd64 ]] && grep -q '^CONFIG_PVH=y' "$kconfig"; then
+    # Ship the ELF vmlinux from inside the xz bzImage: QEMU boots it through its PVH
+    # entry point, which skips the in-guest xz decompression (under TCG, QEMU start ->
+    # kernel banner 1.0-2.1 s instead of 11-21 s on the loaded CI machine). 66 MB
+    # instead of 8 MB. QEMU's x86 loader takes an ELF the same way for every
+    # accelerator; measured under TCG only.
+    python3 - "$root/boot/vmlinuz-$kver" "$work/out/vmlinuz" <<'PY'
+import lzma
+import sys
+
+data = open(sys.argv[1], "rb").read()
+start = data.find(b"\xfd7zXZ\x00")
+if start < 0:
+    sys.exit("build.sh: the amd64 kernel is not an xz-compressed bzImage")
+elf = lzma.LZMADecompressor().decompress(data[start:])
+if not elf.startswith(b"\x7fELF"):
+    sys.exit("build.sh: no ELF vmlinux inside the bzImage")
+with open(sys.argv[2], "wb") as out:
+    out.write(elf)
+PY
+else
+    cp "$root/boot/vmlinuz-$kver" "$work/out/vmlinuz"
+fi
 grep -q '^CONFIG_SQUASHFS_ZSTD=y' "$kconfig" \
     || die "kernel $kver lacks CONFIG_SQUASHFS_ZSTD=y (the root is zstd-compressed)"
 rm -rf "${root:?}/boot/"*
