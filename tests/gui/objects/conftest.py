@@ -22,6 +22,7 @@ from typing import Any
 import docker
 import docker.errors
 import pytest
+from PySide6.QtWidgets import QMessageBox
 
 from app.bridge import call_in_gui
 from app.context import AppContext
@@ -155,3 +156,18 @@ def ctx(qtbot: Any, engine: str, cleanup: docker.APIClient) -> Iterator[AppConte
 def wait_for_key(qtbot: Any, model: Any, key: str, present: bool = True,
                  timeout: int = 60000) -> None:
     qtbot.waitUntil(lambda: (model.row_of(key) >= 0) == present, timeout=timeout)
+
+
+def click_confirm(qtbot: Any, page: Any) -> None:
+    """Wait for the page's confirmation box and press its destructive button."""
+
+    def box() -> QMessageBox | None:
+        boxes = [b for b in page.findChildren(QMessageBox) if b.isVisible()]
+        return boxes[-1] if boxes else None
+
+    qtbot.waitUntil(lambda: box() is not None, timeout=60000)
+    found = box()
+    assert found is not None
+    yes = next(b for b in found.buttons()
+               if found.buttonRole(b) == QMessageBox.ButtonRole.DestructiveRole)
+    yes.click()

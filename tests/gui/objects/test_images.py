@@ -18,6 +18,7 @@ from app.dialogs.pull import PullDialog, PullTracker
 from app.models.images import ImageRow, ImageTableModel, split_reference
 from app.models.keyed import ObjectFilterProxy
 from app.pages.images import ImagesPage
+from tests.gui.objects.conftest import click_confirm
 from vm_backend.engine.client import _progress
 from vm_backend.engine.models import (
     Container,
@@ -149,19 +150,6 @@ def test_real_pull_fails_cleanly_with_the_engine_message(qtbot: Any, ctx: Any) -
 
 
 # ---- the page, end to end ----------------------------------------------------------------
-def _click_confirm(qtbot: Any, page: Any) -> None:
-    def box() -> QMessageBox | None:
-        boxes = [b for b in page.findChildren(QMessageBox) if b.isVisible()]
-        return boxes[-1] if boxes else None
-
-    qtbot.waitUntil(lambda: box() is not None, timeout=60000)
-    found = box()
-    assert found is not None
-    yes = next(b for b in found.buttons()
-               if found.buttonRole(b) == QMessageBox.ButtonRole.DestructiveRole)
-    yes.click()
-
-
 def _row_for(page: ImagesPage, reference: str) -> ImageRow | None:
     for r in page.images.items():
         if r.reference.endswith(reference):
@@ -230,7 +218,7 @@ def test_build_tag_export_load_import_remove(
     for ref in ("berth-objects-test/app:1", "berth-objects-test/app:2"):
         assert page.select_reference(_row_for(page, ref).reference)
         page.remove_selected()
-        _click_confirm(qtbot, page)
+        click_confirm(qtbot, page)
         qtbot.waitUntil(lambda r=ref: _row_for(page, r) is None, timeout=60000)
 
     task = page.load_from(dest)
@@ -256,7 +244,7 @@ def test_build_tag_export_load_import_remove(
                     timeout=60000)
     assert page.select_reference(_row_for(page, "berth-objects-test/rootfs:1").reference)
     page.remove_selected()
-    _click_confirm(qtbot, page)
+    click_confirm(qtbot, page)
     qtbot.waitUntil(lambda: _row_for(page, "berth-objects-test/rootfs:1") is None, timeout=60000)
 
 
@@ -280,7 +268,7 @@ def test_remove_in_use_names_the_containers(
     # Other runs' containers may use busybox too; ours is named unless the list is long.
     assert user in box.text() or " more." in box.text()
     assert box.textFormat().name == "PlainText"
-    _click_confirm(qtbot, page)
+    click_confirm(qtbot, page)
     qtbot.waitUntil(lambda: _row_for(page, "berth-objects-test/inuse:1") is None, timeout=60000)
     api.remove_container(cid, force=True)
     assert _row_for(page, busybox) is not None
@@ -332,7 +320,7 @@ def test_prune_dangling_reports_space(
     notes: list[tuple[str, str]] = []
     ctx.notified.connect(lambda t, x: notes.append((t, x)))
     page.prune_dangling_act.trigger()
-    _click_confirm(qtbot, page)
+    click_confirm(qtbot, page)
     qtbot.waitUntil(lambda: bool(notes), timeout=60000)
     assert calls == [True]
     assert notes[0][0] == "Images pruned"

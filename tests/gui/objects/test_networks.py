@@ -13,7 +13,7 @@ from PySide6.QtWidgets import QMessageBox
 from app.dialogs.network_ops import CreateNetworkDialog, parse_network
 from app.models.networks import COL_CONTAINERS, NetworkTableModel
 from app.pages.networks import NetworksPage
-from tests.gui.objects.conftest import LABEL, wait_for_key
+from tests.gui.objects.conftest import LABEL, click_confirm, wait_for_key
 from vm_backend.engine.models import (
     Container,
     ContainerState,
@@ -70,19 +70,6 @@ def test_parse_network_checks_addresses() -> None:
     ]:
         with pytest.raises(InputError, match=match):
             parse_network(*args, internal=False)
-
-
-def _click_confirm(qtbot: Any, page: Any) -> None:
-    def box() -> QMessageBox | None:
-        boxes = [b for b in page.findChildren(QMessageBox) if b.isVisible()]
-        return boxes[-1] if boxes else None
-
-    qtbot.waitUntil(lambda: box() is not None, timeout=60000)
-    found = box()
-    assert found is not None
-    yes = next(b for b in found.buttons()
-               if found.buttonRole(b) == QMessageBox.ButtonRole.DestructiveRole)
-    yes.click()
 
 
 def _key_for(page: NetworksPage, name: str) -> str:
@@ -161,7 +148,7 @@ def test_create_connect_disconnect_prune(
     # Remove the network via the page, after confirming.
     assert page.select_key(key)
     page.remove_selected()
-    _click_confirm(qtbot, page)
+    click_confirm(qtbot, page)
     wait_for_key(qtbot, page.networks, key, present=False)
 
     # Prune removes our unused network (and reports what it removed). The engines are
@@ -179,7 +166,7 @@ def test_create_connect_disconnect_prune(
     notes: list[tuple[str, str]] = []
     ctx.notified.connect(lambda t, x: notes.append((t, x)))
     page.prune_act.trigger()
-    _click_confirm(qtbot, page)
+    click_confirm(qtbot, page)
     qtbot.waitUntil(lambda: bool(notes) or "Prune networks:" in page.status.text(),
                     timeout=90000)
     assert notes and notes[0] == ("Networks pruned", "Pruned networks: 1 removed."), (

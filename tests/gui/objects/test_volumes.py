@@ -9,12 +9,11 @@ from typing import Any
 
 import docker
 import pytest
-from PySide6.QtWidgets import QMessageBox
 
 from app.dialogs.volume_ops import CreateVolumeDialog, parse_pairs, parse_volume_name
 from app.models.volumes import COL_SIZE, COL_USED_BY, VolumeTableModel
 from app.pages.volumes import VolumesPage
-from tests.gui.objects.conftest import wait_for_key
+from tests.gui.objects.conftest import click_confirm, wait_for_key
 from vm_backend.engine.models import Volume
 from vm_backend.errors import InputError
 
@@ -53,19 +52,6 @@ def test_create_dialog_validation() -> None:
     assert parse_pairs("a=1\n\nb=x=y\n", "Labels") == {"a": "1", "b": "x=y"}
     with pytest.raises(InputError, match="line 2"):
         parse_pairs("a=1\nnope\n", "Labels")
-
-
-def _click_confirm(qtbot: Any, page: Any) -> None:
-    def box() -> QMessageBox | None:
-        boxes = [b for b in page.findChildren(QMessageBox) if b.isVisible()]
-        return boxes[-1] if boxes else None
-
-    qtbot.waitUntil(lambda: box() is not None, timeout=60000)
-    found = box()
-    assert found is not None
-    yes = next(b for b in found.buttons()
-               if found.buttonRole(b) == QMessageBox.ButtonRole.DestructiveRole)
-    yes.click()
 
 
 def test_volume_files_roundtrip(
@@ -134,7 +120,7 @@ def test_volume_files_roundtrip(
     api.create_volume(copy, labels={"berth.test": "objects"})
     wait_for_key(qtbot, page.volumes, copy)
     page.import_into(copy, archive)
-    _click_confirm(qtbot, page)
+    click_confirm(qtbot, page)
     qtbot.waitUntil(lambda: bool(page.tasks), timeout=5000)
     task = page.tasks[-1]
     with qtbot.waitSignal(task.finished, timeout=60000) as blocker:
@@ -165,11 +151,11 @@ def test_volume_files_roundtrip(
     page.view.clearSelection()
     assert page.select_key(name)
     page.remove_selected()
-    _click_confirm(qtbot, page)
+    click_confirm(qtbot, page)
     wait_for_key(qtbot, page.volumes, name, present=False)
     assert page.select_key(copy)
     page.remove_selected()
-    _click_confirm(qtbot, page)
+    click_confirm(qtbot, page)
     wait_for_key(qtbot, page.volumes, copy, present=False)
 
 
