@@ -359,4 +359,6 @@ def test_clock_after_qmp_stop_and_cont(svc: MachineService) -> None:
         f"\nafter 10 s paused: clock right {time.monotonic() - resumed:.1f} s after cont;"
         f" corrections {corrections} -> {snap.clock_corrections}, connects {snap.connects}"
     )
+    log = guest(svc, ["tail", "-n", "12", "/var/log/berth/agent.log"]).decode(errors="replace")
+    print(f"agent log:\n{log}")
     assert took < 15

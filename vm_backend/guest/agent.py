@@ -339,11 +339,17 @@ class Agent:
 
     # ---- clock ------------------------------------------------------------------------
     def check_clock(self, host_time: float, rtt: float) -> float:
-        """Set the guest clock when it is off the host's by more than the threshold."""
-        estimate = host_time + max(0.0, min(rtt, 5.0)) / 2
+        """Set the guest clock when it is off the host's by more than the threshold.
+
+        ``host_time`` left the host about ``rtt / 2`` ago, give or take ``rtt / 2``: an
+        offset within that uncertainty is noise (a loaded host or guest), not drift, and
+        correcting it would only move the clock back and forth.
+        """
+        rtt = max(0.0, min(rtt, 5.0))
+        estimate = host_time + rtt / 2
         measured_at = time.monotonic()
         offset = time.time() - estimate
-        if abs(offset) > CLOCK_THRESHOLD_S:
+        if abs(offset) > max(CLOCK_THRESHOLD_S, rtt / 2):
             try:
                 self.set_clock(estimate + (time.monotonic() - measured_at))
                 self.clock_corrections += 1

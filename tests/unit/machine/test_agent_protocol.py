@@ -150,3 +150,8 @@ def test_check_clock_sets_the_time_only_beyond_the_threshold() -> None:
     # The round trip's half is added to the host's time.
     agent.check_clock(time.time() - 1.0, 2.0)
     assert len(calls) == 1
+    # 300 ms off: noise within a 1 s round trip's uncertainty, corrected with a short one.
+    agent.check_clock(time.time() - 0.5 + 0.3, 1.0)
+    assert len(calls) == 1
+    agent.check_clock(time.time() - 0.005 + 0.3, 0.01)
+    assert len(calls) == 2
