@@ -18,7 +18,11 @@ open). Rounds alternate between the paths so that load from other processes hits
 all alike. Prints p50/p99 per path and the ratio against ``ssh -L``.
 
 Run as root (the sshd stand-in logs in as root) with openssh-server installed:
-``python bench/bench_relay.py [-n 1000] [--new-conn-n 200] [--no-dial-stdio]``.
+``python bench/bench_relay.py [-n 1000] [--new-conn-n 200] [--no-dial-stdio] [--bulk-mib 128]``.
+
+``--bulk-mib N`` adds a throughput table: an N MiB file fetched from a container with
+the archive API (``GET /containers/ID/archive``, what ``docker cp`` uses), three rounds
+interleaved over every path (dial-stdio excepted), in MB/s.
 """
 
 from __future__ import annotations
@@ -133,6 +137,48 @@ def newconn_sampler(sock_path: str, endpoint: str) -> Callable[[int], list[float
     return run
 
 
+def bulk_setup(mib: int) -> str:
+    """A stopped container holding /big (``mib`` MiB of random bytes); returns its id."""
+    import docker  # only the bulk mode needs docker-py
+
+    client = docker.DockerClient(base_url=f"unix://{DOCKER_SOCK}")
+    try:
+        c = client.containers.run(
+            "berth-test/busybox:latest",
+            ["sh", "-c", f"head -c {mib * 1048576} /dev/urandom > /big"],
+            detach=True, labels={"berth-bench": "relay"}, network_mode="none",
+        )
+        c.wait(timeout=300)
+        return str(c.id)
+    finally:
+        client.close()
+
+
+def bulk_teardown(container_id: str) -> None:
+    import docker
+
+    client = docker.DockerClient(base_url=f"unix://{DOCKER_SOCK}")
+    try:
+        client.api.remove_container(container_id, force=True)
+    finally:
+        client.close()
+
+
+def bulk_fetch(sock_path: str, container_id: str) -> tuple[int, float]:
+    """Fetch /big through ``sock_path``; returns (bytes of tar stream, seconds)."""
+    req = (f"GET /containers/{container_id}/archive?path=/big HTTP/1.1\r\n"
+           "Host: docker\r\nConnection: close\r\n\r\n").encode()
+    t0 = time.perf_counter()
+    total = 0
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(sock_path)
+        sock.sendall(req)
+        buf = bytearray(1 << 20)
+        while n := sock.recv_into(buf):
+            total += n
+    return total, time.perf_counter() - t0
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -227,6 +273,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10, help="interleaving rounds")
     parser.add_argument("--no-dial-stdio", action="store_true",
                         help="skip the dial-stdio relay (slow: a process per connection)")
+    parser.add_argument("--bulk-mib", type=int, default=0,
+                        help="also measure throughput with a file of this many MiB")
     args = parser.parse_args()
     if shutil.which("ssh") is None:
         sys.exit("needs the OpenSSH client (ssh) and server (sshd)")
@@ -264,6 +312,20 @@ def main() -> None:
                 for _ in range(args.rounds):
                     for name, sampler in samplers.items():
                         results.setdefault((mode, endpoint, name), []).extend(sampler(per_round))
+        bulk: dict[str, list[float]] = {}
+        if args.bulk_mib:
+            cid = bulk_setup(args.bulk_mib)
+            stack.callback(bulk_teardown, cid)
+            sizes = set()
+            for _ in range(3):
+                for name, path in paths.items():
+                    if name == "berth dial-stdio":
+                        continue
+                    size, secs = bulk_fetch(path, cid)
+                    sizes.add(size)
+                    bulk.setdefault(name, []).append(size / secs / 1e6)
+            if len(sizes) != 1:
+                raise RuntimeError(f"the paths returned different sizes: {sorted(sizes)}")
 
     print(
         f"# bench_relay {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC,"
@@ -281,6 +343,14 @@ def main() -> None:
             f"{p99 * 1e3:>9.3f}{p50 / pct(ref, 0.5):>11.2f}{p99 / pct(ref, 0.99):>11.2f}"
             f"{p50 / pct(base, 0.5):>12.1f}"
         )
+    if bulk:
+        print(f"# bulk: {args.bulk_mib} MiB via the archive API, MB/s per round"
+              " (median / ssh -L median)")
+        bulk_ref = statistics.median(bulk["ssh -L"])
+        for name, rates in bulk.items():
+            med = statistics.median(rates)
+            print(f"bulk       {name:<20}{' / '.join(f'{r:.1f}' for r in rates):>26}"
+                  f"{med / bulk_ref:>8.2f}")
     if ERRORS:
         names = {p: n for n, p in paths.items()}
         failed = ", ".join(f"{names.get(p, p)}: {c}" for p, c in ERRORS.items())
