@@ -16,6 +16,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
@@ -251,6 +252,10 @@ class AgentClient:
         seq = 0
         sent: dict[int, float] = {}
         rtt = 0.0
+        # The agent estimates the host's time as host_time + rtt / 2: send the smallest of
+        # the recent round trips (NTP's minimum-delay filter), so one slow exchange (e.g.
+        # heartbeats queued while the VM was paused) does not skew the clock it sets.
+        recent: deque[float] = deque(maxlen=8)
         reader = LineReader()
         channel.sendall(
             encode({"type": "hello", "protocol": PROTOCOL_VERSION, "host_time": self.wall_clock()})
@@ -274,7 +279,7 @@ class AgentClient:
                             "type": "heartbeat",
                             "seq": seq,
                             "host_time": self.wall_clock(),
-                            "rtt": round(rtt, 6),
+                            "rtt": round(min(recent, default=0.0), 6),
                         }
                     )
                 )
@@ -302,6 +307,7 @@ class AgentClient:
                     started = sent.pop(int(message.get("seq") or 0), None)
                     if started is not None:
                         rtt = time.monotonic() - started
+                        recent.append(rtt)
                     with self._cond:
                         self._last_heartbeat = time.monotonic()
                     clock = message.get("clock") or {}
