@@ -65,10 +65,12 @@ def find_guest_image(arch: Arch) -> GuestImage:
         tried.append(str(directory))
         if (directory / "vmlinuz").exists():
             return GuestImage.from_dir(directory, arch)
-    raise ImageError(
-        f"No {arch.value} guest image found (looked in {', '.join(tried)}).",
-        "Build it with: bash packaging/guest/build.sh --arch " + arch.value,
+    hint = (
+        "Reinstall Berth: its package carries the guest image."
+        if getattr(sys, "frozen", False)
+        else "Build it with: bash packaging/guest/build.sh --arch " + arch.value
     )
+    raise ImageError(f"No {arch.value} guest image found (looked in {', '.join(tried)}).", hint)
 
 
 def ping_unix(path: Path, timeout: float = PING_TIMEOUT) -> bool:
