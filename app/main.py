@@ -52,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     app.setApplicationName("Berth")
     app.setOrganizationName("Berth")
     app.setApplicationDisplayName("Berth")
+    # Matches packaging/linux/io.github.berth.Berth.desktop (the Wayland app id; its icon).
+    app.setDesktopFileName("io.github.berth.Berth")
     settings = Settings.load()
     apply_theme(app, settings.theme)
 
