@@ -37,7 +37,7 @@ if [ "${BERTH_SKIP_APT:-0}" != 1 ]; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
 fi
-python3 -c "import PyInstaller" 2>/dev/null ||
+python3 -c "import PyInstaller, PySide6, docker, paramiko, qemu.qmp" 2>/dev/null ||
   python3 -m pip install -q --disable-pip-version-check -e '.[packaging]'
 
 version=$(python3 packaging/build.py version)

@@ -9,6 +9,7 @@ nothing else). Then, with no source checkout anywhere in that root:
 * ``berth --version`` and ``berth --screenshot DIR`` (offscreen) run from /usr/bin;
 * the PNGs exist and are not blank;
 * the bundle carries the guest image and its files match the manifest's sha256s;
+* without QEMU (only recommended), the VM verbs say what to install;
 * the bundled ``berth`` starts its bundled ``berthd``, which boots the bundled guest image
   under the host's QEMU (TCG) until the engine answers, and ``berth machine ssh`` reads
   the image version inside the guest. (QEMU is only a Recommends of the .deb, so the boot
@@ -150,6 +151,20 @@ def test_bundle_carries_the_guest_image(clean_root: Path) -> None:
     source = ROOT / "packaging" / "guest" / "out" / "amd64" / "manifest.json"
     if source.exists():
         assert manifest == json.loads(source.read_text())
+
+
+def test_first_run_without_qemu_says_what_to_install(clean_root: Path) -> None:
+    """QEMU is only recommended, so the clean root has none: the VM verbs must say so."""
+    assert not (clean_root / "usr/bin/qemu-img").exists()
+    said = ""
+    for verb in (["init", "--accel", "tcg"], ["start"]):
+        result = in_root(clean_root, "/usr/bin/berth", "machine", *verb, timeout=300)
+        said += result.stdout + result.stderr
+        if result.returncode != 0:
+            break
+    assert result.returncode != 0, said
+    assert "is not installed (Berth needs QEMU" in said, said
+    assert "sudo apt install qemu-" in said, said
 
 
 @pytest.fixture
