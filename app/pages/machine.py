@@ -64,6 +64,8 @@ if TYPE_CHECKING:
     from app.context import AppContext
 
 POLL_MS = 2000
+#: While the page is visible and the VM is not up: notice a start from the tray or the CLI.
+IDLE_POLL_MS = 10_000
 #: States in which the VM has a QEMU process (and so a console and resources to chart).
 UP_STATES = frozenset({"starting", "running", "paused", "stopping"})
 CONSOLE_STATES = frozenset({"starting", "running", "paused"})
@@ -364,6 +366,7 @@ class MachinePage(QWidget):
         name: str = "default",
         limits: HostLimits | None = None,
         poll_ms: int = POLL_MS,
+        idle_poll_ms: int = IDLE_POLL_MS,
     ) -> None:
         super().__init__()
         self.ctx = ctx
@@ -443,6 +446,9 @@ class MachinePage(QWidget):
         self._poll = QTimer(self)
         self._poll.setInterval(poll_ms)
         self._poll.timeout.connect(lambda: self.refresh(sample=True))
+        self._idle_poll = QTimer(self)
+        self._idle_poll.setInterval(idle_poll_ms)
+        self._idle_poll.timeout.connect(self.refresh)
 
         self.start_button.clicked.connect(self.start_vm)
         self.stop_button.clicked.connect(self.stop_vm)
@@ -605,11 +611,19 @@ class MachinePage(QWidget):
         self.status_rendered.emit(doc)
 
     def _update_polling(self) -> None:
-        want = self.isVisible() and (self.state in UP_STATES or self._booting)
+        visible = self.isVisible()
+        want = visible and (self.state in UP_STATES or self._booting)
         if want and not self._poll.isActive():
             self._poll.start()
         elif not want and self._poll.isActive():
             self._poll.stop()
+        # A VM that is not up (or not created) is looked at rarely, only while shown: a
+        # start from the tray or the CLI then shows here within IDLE_POLL_MS.
+        idle = visible and not want and self.exists is not None
+        if idle and not self._idle_poll.isActive():
+            self._idle_poll.start()
+        elif not idle and self._idle_poll.isActive():
+            self._idle_poll.stop()
 
     @property
     def polling(self) -> bool:
@@ -623,6 +637,11 @@ class MachinePage(QWidget):
     def hideEvent(self, event: QHideEvent) -> None:
         super().hideEvent(event)
         self._poll.stop()
+        self._idle_poll.stop()
+
+    @property
+    def idle_polling(self) -> bool:
+        return self._idle_poll.isActive()
 
     def _update_buttons(self) -> None:
         state = self.state
@@ -978,6 +997,7 @@ class MachinePage(QWidget):
     def shutdown(self) -> None:
         """Close streams (the window is closing); the VM keeps running."""
         self._poll.stop()
+        self._idle_poll.stop()
         self.console.detach()
         for tab in self.shell_tabs():
             tab.disconnect_stream()

@@ -230,3 +230,24 @@ def test_parsers_are_defensive() -> None:
     assert share_state_words({"state": "mounted"}) == "mounted"
     assert share_state_words({"state": "error: no 9p"}) == "error: no 9p"
     assert QUrl(rows[1].url()).port() == 80
+
+
+def test_a_start_from_elsewhere_shows_while_the_page_is_open(
+    qtbot: QtBot, fake_daemon: FakeDaemon
+) -> None:
+    fake_daemon.doc = status_doc("stopped")
+    page = MachinePage(None, client_factory=fake_daemon.client, limits=LIMITS, poll_ms=100,
+                       idle_poll_ms=150)
+    qtbot.addWidget(page)
+    page.show()
+    qtbot.waitUntil(lambda: page.state == "stopped", timeout=WAIT)
+    assert page.idle_polling and not page.polling
+    # The tray (or berth machine start) starts the VM: the page notices on its own.
+    fake_daemon.doc = status_doc("running", ports=[port(8080)])
+    qtbot.waitUntil(lambda: page.state == "running", timeout=WAIT)
+    assert page.polling and not page.idle_polling
+    qtbot.waitUntil(lambda: page.ports.table.rowCount() == 1, timeout=WAIT)
+    assert page.console.busy  # the console attaches to the new QEMU run
+    page.hide()
+    assert not page.polling and not page.idle_polling
+    page.shutdown()
