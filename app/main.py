@@ -58,11 +58,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     apply_theme(app, settings.theme)
 
     ctx = AppContext(settings)
-    window = MainWindow(ctx)
+    # Ask for the engine first: the probe's round trips run on a worker while the window
+    # is built (results arrive through the event loop, so never before the window exists).
     if args.engine:
         ctx.use_url(args.engine)
     else:
         ctx.discover()
+    window = MainWindow(ctx)
 
     if args.screenshot:
         return _screenshots(app, window, ctx, Path(args.screenshot))
@@ -92,6 +94,7 @@ def _screenshots(app: object, window: object, ctx: object, out: Path) -> int:
 
     from app.context import AppContext
     from app.dialogs.run import RunDialog
+    from app.pages import registry
     from app.window import MainWindow
     from vm_backend.engine.monitor import Diff
 
@@ -136,6 +139,7 @@ def _screenshots(app: object, window: object, ctx: object, out: Path) -> int:
         else:
             print(path)
 
+    registry.load_page_modules()  # every page, not only those loaded so far
     first = window.current_page_key()
     for key in window.page_keys():
         page = window.show_page(key)

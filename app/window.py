@@ -1,8 +1,10 @@
 """The Berth main window: a sidebar of pages, the engine banner and the status bar.
 
 Pages come from :mod:`app.pages.registry` and are built the first time they are shown
-(cold start builds only the Containers page). A page registered later under the same key,
-typically a real page replacing a placeholder, replaces the widget in place. The banner
+(cold start imports and builds only the Containers page; the other page modules are
+imported once the first container list is in, one per turn of the event loop). A page
+registered later under the same key, typically a real page replacing a placeholder,
+replaces the widget in place. The banner
 appears when the active engine is unreachable, says why, offers Retry, and goes away by
 itself when the engine answers again.
 """
@@ -38,6 +40,10 @@ from vm_backend.engine.models import Endpoint
 log = logging.getLogger(__name__)
 
 KEY_ROLE = Qt.ItemDataRole.UserRole + 1
+#: The other pages' modules are imported this long after the window is built at the
+#: latest; sooner (``AFTER_FIRST_LIST_MS`` after it) once the first container list is in.
+LOAD_REST_MS = 1500
+AFTER_FIRST_LIST_MS = 100
 
 
 def _icon(name: str) -> QIcon:
@@ -168,9 +174,16 @@ class MainWindow(QMainWindow):
         status.addPermanentWidget(self.engine_state)
         status.addPermanentWidget(self.engine_combo)
 
-        # The first page is needed now; the other page modules are imported just after the
-        # window is up (they replace their placeholders live), which shortens cold start.
+        # The first page is needed now. The other page modules are imported once the first
+        # container list is on screen (or after LOAD_REST_MS at the latest), one per turn
+        # of the event loop, so neither the first paint nor the event loop waits for them;
+        # they replace their placeholders live.
         registry.load_page_modules(registry.PAGE_MODULES[:1])
+        self._rest = list(registry.PAGE_MODULES[1:])
+        self._rest_timer = QTimer(self)
+        self._rest_timer.setSingleShot(True)
+        self._rest_timer.timeout.connect(self._load_next_page_module)
+        self._rest_timer.start(LOAD_REST_MS)
         for spec in registry.pages():
             self._add_page(spec)
         self._unsubscribe = registry.subscribe(self._page_registered)
@@ -186,9 +199,24 @@ class MainWindow(QMainWindow):
         self.ctx.run_requested.connect(self.open_run_dialog)
         self._endpoints_changed(self.ctx.endpoints)
         self._session_changed(self.ctx.session)
-        QTimer.singleShot(0, lambda: registry.load_page_modules(registry.PAGE_MODULES[1:]))
 
     # ---- pages --------------------------------------------------------------------------------
+    def _load_next_page_module(self) -> None:
+        if not self._rest:
+            return
+        registry.load_page_module(self._rest.pop(0))
+        if self._rest:
+            self._rest_timer.start(0)
+
+    def _first_list(self, diffs: list[object]) -> None:
+        if self._rest and any(getattr(d, "kind", "") == "container" for d in diffs):
+            self._load_rest_soon()
+
+    def _load_rest_soon(self) -> None:
+        """Import the other page modules shortly (the first list has been painted)."""
+        if self._rest and self._rest_timer.remainingTime() > AFTER_FIRST_LIST_MS:
+            self._rest_timer.start(AFTER_FIRST_LIST_MS)
+
     def _add_page(self, spec: PageSpec) -> None:
         holder = _PageHolder(spec)
         self._holders[spec.key] = holder
@@ -293,6 +321,7 @@ class MainWindow(QMainWindow):
         if self._session is not None:
             try:
                 self._session.connection_changed.disconnect(self._connection_changed)
+                self._session.diffs.disconnect(self._first_list)
             except (RuntimeError, TypeError):
                 pass
         self._session = session
@@ -305,6 +334,8 @@ class MainWindow(QMainWindow):
                 self.engine_state.setText("Looking for engines…")
             return
         session.connection_changed.connect(self._connection_changed)
+        if self._rest:
+            session.diffs.connect(self._first_list)
         self._select_endpoint(session.endpoint)
         if session.connected:
             self._connection_changed(True, "")
@@ -330,6 +361,7 @@ class MainWindow(QMainWindow):
             )
 
     def _session_failed(self, endpoint: Endpoint | None, reason: str) -> None:
+        self._load_rest_soon()
         if endpoint is None:
             self.engine_state.setText("No engine")
             self.banner.show_problem("No container engine is available.", reason)

@@ -146,10 +146,10 @@ def _window(url: str) -> tuple[Any, Any, Any]:
     app = QApplication.instance() or QApplication(["berth-bench"])
     apply_theme(app, "light")  # type: ignore[arg-type]
     ctx = AppContext(Settings())
+    ctx.use_url(url)  # what `berth --engine URL` does: probe and connect in the background
     window = MainWindow(ctx)
     window.resize(1200, 760)
     window.show()
-    ctx.use_url(url)  # what `berth --engine URL` does: probe and connect in the background
     return app, ctx, window
 
 
@@ -422,11 +422,23 @@ def _since_process_start() -> float:
 
 def child_cold(url: str, expect: int) -> None:
     """Cold start to a painted list of ``expect`` containers; prints seconds since exec."""
+    from PySide6.QtCore import QEventLoop, QTimer
     from PySide6.QtWidgets import QApplication
 
     _app, ctx, window = _window(url)
     page = window.show_page("containers")
-    _run_until(lambda: page.model.rowCount() >= expect, 30)
+    # Stop the moment the rows are in (not at the next poll), then paint for real.
+    loop = QEventLoop()
+
+    def check(*_args: object) -> None:
+        if page.model.rowCount() >= expect:
+            loop.quit()
+
+    page.model.rowsInserted.connect(check)
+    page.model.modelReset.connect(check)
+    QTimer.singleShot(30_000, loop.quit)
+    if page.model.rowCount() < expect:
+        loop.exec()
     window.repaint()
     QApplication.processEvents()
     page.table.viewport().grab()  # a real paint of the list

@@ -139,12 +139,17 @@ def load_page_modules(names: tuple[str, ...] = PAGE_MODULES) -> None:
 
     placeholder.register_placeholders()
     for name in names:
-        if name in sys.modules:
-            continue
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name != name:
-                log.exception("page module %s failed to import", name)
-        except Exception:  # one broken page must not stop the window
+        load_page_module(name)
+
+
+def load_page_module(name: str) -> None:
+    """Import one page module (see :func:`load_page_modules`); errors are logged."""
+    if name in sys.modules:
+        return
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name != name:
             log.exception("page module %s failed to import", name)
+    except Exception:  # one broken page must not stop the window
+        log.exception("page module %s failed to import", name)
