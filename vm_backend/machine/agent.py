@@ -250,7 +250,9 @@ class AgentClient:
     def _session(self, channel: Channel) -> bool:
         """One session until the channel drops; returns whether the agent said hello."""
         seq = 0
-        sent: dict[int, float] = {}
+        # One heartbeat in flight at a time: heartbeats queued while the VM is paused would
+        # otherwise arrive in a burst after ``cont``, each with a stale host time.
+        in_flight: tuple[int, float] | None = None
         rtt = 0.0
         # The agent estimates the host's time as host_time + rtt / 2: send the smallest of
         # the recent round trips (NTP's minimum-delay filter), so one slow exchange (e.g.
@@ -269,10 +271,9 @@ class AgentClient:
                 if self._stopping:
                     return hello
             now = time.monotonic()
-            if hello and now >= next_heartbeat:
+            if hello and now >= next_heartbeat and in_flight is None:
                 seq += 1
-                sent = {k: v for k, v in sent.items() if k > seq - 8}
-                sent[seq] = now
+                in_flight = (seq, now)
                 channel.sendall(
                     encode(
                         {
@@ -304,10 +305,10 @@ class AgentClient:
                     self._on_hello(message)
                     hello = True
                 elif kind == "heartbeat":
-                    started = sent.pop(int(message.get("seq") or 0), None)
-                    if started is not None:
-                        rtt = time.monotonic() - started
+                    if in_flight is not None and message.get("seq") == in_flight[0]:
+                        rtt = time.monotonic() - in_flight[1]
                         recent.append(rtt)
+                        in_flight = None
                     with self._cond:
                         self._last_heartbeat = time.monotonic()
                     clock = message.get("clock") or {}

@@ -321,3 +321,23 @@ def test_a_freed_host_port_is_bound_on_a_later_refresh(real_agent: ga.Agent) -> 
     finally:
         holder.close()
         fwd.stop()
+
+
+def test_one_heartbeat_in_flight_at_a_time(clients: list[AgentClient]) -> None:
+    """An agent that stops answering (a paused VM) gets one heartbeat, not a backlog."""
+    received: list[dict[str, Any]] = []
+    hello = {"type": "hello", "protocol": 1, "agent_version": "1", "boot_id": "b"}
+
+    def serve(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            reader = ga.LineReader()
+            conn.recv(65536)
+            conn.sendall(ga.encode(hello) + ga.encode({"type": "snapshot", "ports": []}))
+            conn.settimeout(5)
+            while data := conn.recv(65536):
+                received.extend(ga.decode(line) for line in reader.feed(data))
+
+    client = make_client(clients, FakeSSH(serve), heartbeat_s=0.05)
+    assert client.wait_for(lambda s: s.connected, 10)
+    time.sleep(1.0)  # 20 heartbeat periods
+    assert [m["type"] for m in received] == ["heartbeat"]
