@@ -19,10 +19,7 @@ from PySide6.QtWidgets import QHBoxLayout, QToolButton, QVBoxLayout, QWidget
 
 from app.pages.details._base import plain_label
 from app.widgets.terminal import TerminalWidget
-from app.widgets.terminal_pump import MAX_PENDING, Stream, StreamPump
-
-__all__ = ["MAX_PENDING", "ConsoleStream", "ConsoleTab", "ShellStream", "ShellTab",
-           "Stream", "StreamPump", "TerminalPane"]
+from app.widgets.terminal_pump import Stream, StreamPump
 
 
 class ConsoleClient(Protocol):
