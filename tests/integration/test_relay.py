@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import paramiko
 import psutil
 import pytest
 from docker.models.containers import Container
@@ -619,3 +620,45 @@ def test_bulk_both_ways_with_a_slow_reader(guest: GuestSSH, tmp_path: Path, dire
     finally:
         down.stop()
         up.stop()
+
+
+def test_direct_delivery_through_key_re_exchanges(
+    sshd_server: SshdServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # paramiko re-keys after 512 MiB by default; at 1 MiB, a 16 MiB download goes through
+    # many key exchanges, during which the transport thread must not deliver (its window
+    # adjust would wait for the exchange it runs itself) and must resume afterwards.
+    from paramiko.packet import Packetizer
+
+    monkeypatch.setattr(Packetizer, "REKEY_BYTES", 1024 * 1024)
+    kex: list[int] = []
+    real_kex_init = paramiko.Transport._send_kex_init
+
+    def counting_kex_init(self: paramiko.Transport) -> None:
+        kex.append(1)
+        real_kex_init(self)  # type: ignore[no-untyped-call]
+
+    monkeypatch.setattr(paramiko.Transport, "_send_kex_init", counting_kex_init)
+    ssh = GuestSSH(
+        sshd_server.port, sshd_server.keys.client.private_path,
+        sshd_server.keys.host.public_openssh,
+    )
+    size = 16 * 1024 * 1024
+    line = b"0123456789abcdef\n"
+    relay = EngineSocketRelay(
+        ssh, tmp_path / "run" / "docker.sock", mechanism=RelayMechanism.DIAL_STDIO,
+        dial_stdio_argv=["sh", "-c", f"yes {line.decode().strip()} | head -c {size}"],
+    )
+    try:
+        ssh.connect()
+        relay.start()
+        kex_before = len(kex)
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(relay.socket_path))
+            got = recv_all(s, timeout=120)
+        assert got == (line * (size // len(line) + 1))[:size]
+        assert len(kex) - kex_before >= 8, "the transfer did not go through key exchanges"
+        wait_until(lambda: relay.active_connections == 0, what="the connection to end")
+    finally:
+        relay.stop()
+        ssh.close()
