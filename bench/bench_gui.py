@@ -577,12 +577,16 @@ def main() -> int:
             )
         if args.only in (None, "cold"):
             create_containers(url, args.cold_n)
-            runs = [_child("cold", url, str(args.cold_n))["cold_s"] for _ in range(args.cold_runs)]
-            base = [_child("cold-baseline")["cold_s"] for _ in range(args.cold_runs)]
+            runs: list[float] = []
+            base: list[float] = []
+            for _ in range(args.cold_runs):  # interleaved, so both see the same load
+                runs.append(_child("cold", url, str(args.cold_n))["cold_s"])
+                base.append(_child("cold-baseline")["cold_s"])
             results["cold"] = {
                 "containers": args.cold_n,
                 "median_s": statistics.median(runs),
                 "runs_s": runs,
+                "baseline_runs_s": base,
                 "baseline_median_s": statistics.median(base),
             }
             remove_bench_containers(url)
