@@ -50,6 +50,7 @@ DOCKER_SOCKET = "/var/run/docker.sock"
 DATA_MOUNT = "/mnt/data"
 MAX_LINE = 1 << 20  # a JSON line longer than this is a protocol error
 CLOCK_THRESHOLD_S = 0.1
+CLOCK_CONFIRM_S = 1.0  # offsets below this need two heartbeats in a row to agree
 RESOURCES_INTERVAL_S = 5.0
 LISTENERS_INTERVAL_S = 2.0
 UDP_MAX_DATAGRAM = 65507
@@ -288,6 +289,7 @@ class Agent:
         self.stopping = threading.Event()
         self._cpu_prev: tuple[int, int] | None = None
         self._owners: dict[int, tuple[str, str]] = {}
+        self._last_offset = 0.0  # the previous heartbeat's offset, if beyond the threshold
 
     # ---- state ------------------------------------------------------------------------
     def hello(self) -> dict[str, Any]:
@@ -343,13 +345,20 @@ class Agent:
 
         ``host_time`` left the host about ``rtt / 2`` ago, give or take ``rtt / 2``: an
         offset within that uncertainty is noise (a loaded host or guest), not drift, and
-        correcting it would only move the clock back and forth.
+        correcting it would only move the clock back and forth. For the same reason an
+        offset under ``CLOCK_CONFIRM_S`` is corrected only when the previous heartbeat
+        found one of the same sign (a message delayed in a loaded guest looks like a clock
+        ahead once); larger ones (a clock set wrong, a paused VM) are corrected at once.
         """
         rtt = max(0.0, min(rtt, 5.0))
         estimate = host_time + rtt / 2
         measured_at = time.monotonic()
         offset = time.time() - estimate
-        if abs(offset) > max(CLOCK_THRESHOLD_S, rtt / 2):
+        beyond = abs(offset) > max(CLOCK_THRESHOLD_S, rtt / 2)
+        previous, self._last_offset = self._last_offset, (offset if beyond else 0.0)
+        confirmed = abs(offset) >= CLOCK_CONFIRM_S or previous * offset > 0
+        if beyond and confirmed:
+            self._last_offset = 0.0
             try:
                 self.set_clock(estimate + (time.monotonic() - measured_at))
                 self.clock_corrections += 1

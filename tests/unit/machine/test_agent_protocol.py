@@ -154,4 +154,11 @@ def test_check_clock_sets_the_time_only_beyond_the_threshold() -> None:
     agent.check_clock(time.time() - 0.5 + 0.3, 1.0)
     assert len(calls) == 1
     agent.check_clock(time.time() - 0.005 + 0.3, 0.01)
+    assert len(calls) == 1  # under a second: a second heartbeat must agree first
+    agent.check_clock(time.time() - 0.005 + 0.3, 0.01)
+    assert len(calls) == 2
+    # A one-off delay (guest looks 400 ms ahead), then the other way: never corrected.
+    agent.check_clock(time.time() - 0.4, 0.0)
+    agent.check_clock(time.time() + 0.4, 0.0)
+    agent.check_clock(time.time() - 0.4, 0.0)
     assert len(calls) == 2
