@@ -188,3 +188,25 @@ def test_removed_rows_vanish_and_the_summary_says_so(
     fake_session.remove(c.id)
     assert page.proxy.rowCount() == 0
     assert "No containers yet" in page.empty_label.text()
+
+
+def test_stats_targets_on_screen_first_filtered_and_capped(
+    page: ContainersPage, fake_session: FakeSession
+) -> None:
+    # 60 running and 20 stopped, created oldest first; the table sorts newest first.
+    running = [make_container(f"web-{i:02d}", created=1_700_000_000.0 + i) for i in range(60)]
+    stopped = [
+        make_container(f"old-{i:02d}", state=ContainerState.EXITED, created=1_600_000_000.0 + i)
+        for i in range(20)
+    ]
+    fake_session.add(*running, *stopped)
+    targets = page.stats_targets()
+    assert sorted(targets) == sorted(c.id for c in running)  # every running one, no other
+    first_on_screen = page.proxy.container_at(max(page.table.rowAt(0), 0))
+    assert first_on_screen is not None and targets[0] == first_on_screen.id
+    capped = page.stats_targets(10)
+    assert capped == targets[:10]
+    # The filter decides what counts, on screen or not.
+    page.search.setText("web-0")
+    filtered = page.stats_targets()
+    assert sorted(filtered) == sorted(c.id for c in running[:10])
