@@ -139,6 +139,7 @@ class PortsTab(QWidget):
         self.rows: list[PortRow] = []
         self._state = ""
         self._lan = False
+        self._lan_saving = False  # a change is on its way to berthd
         self.summary = plain_label("", self)
         self.summary.setWordWrap(True)
         self.table = QTableWidget(0, len(COLUMNS), self)
@@ -195,7 +196,7 @@ class PortsTab(QWidget):
                 self._lan = lan
                 self.lan_box.setChecked(lan)
                 self._render_lan_note(pending=False)
-        self.lan_box.setEnabled(doc is not None)
+        self.lan_box.setEnabled(doc is not None and not self._lan_saving)
         rows = parse_ports(doc) if state == "running" else []
         if rows != self.rows:
             self._set_rows(rows)
@@ -328,17 +329,20 @@ class PortsTab(QWidget):
             return
         if checked and not self.confirm_expose():
             return
+        self._lan_saving = True
         self.lan_box.setEnabled(False)
         self.lan_change_requested.emit(checked)
 
     def lan_saved(self, value: bool) -> None:
         """berthd took the change (the page calls this)."""
+        self._lan_saving = False
         self._lan = value
         self.lan_box.setChecked(value)
         self.lan_box.setEnabled(True)
         self._render_lan_note(pending=True)
 
     def lan_failed(self, message: str) -> None:
+        self._lan_saving = False
         self.lan_box.setChecked(self._lan)
         self.lan_box.setEnabled(True)
         self.lan_note.setText(self.tr("The setting was not saved: {0}").format(message))

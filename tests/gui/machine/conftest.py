@@ -83,6 +83,7 @@ class FakeDaemon:
         self.boot_error: DaemonError | None = None
         self.boot_gate: threading.Event | None = None
         self.set_error: DaemonError | None = None
+        self.set_gate: threading.Event | None = None  # machine.set waits on it
         self.console_text = "[    0.000000] Linux version 6.1.0\nberth login: root (automatic)\n"
         self.qemu_text = ""
         self.calls: list[tuple[str, dict[str, Any]]] = []
@@ -136,6 +137,8 @@ class FakeDaemon:
         if method == "machine.spec":
             return dict(self.doc["spec"])
         if method == "machine.set":
+            if self.set_gate is not None:
+                self.set_gate.wait(30)
             if self.set_error is not None:
                 raise self.set_error
             spec = {**self.doc["spec"], **{k: v for k, v in params.items() if k != "name"}}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -118,7 +119,15 @@ def test_lan_opt_in_asks_first_and_saves_through_machine_set(
     assert "machine.set" not in fake_daemon.methods()
     # Confirmed: saved through machine.set, applies at the next start, Restart offered.
     answers[0] = True
+    gate = threading.Event()
+    fake_daemon.set_gate = gate
     tab.lan_box.click()
+    # While berthd has not answered, status polls do not offer the box again.
+    count = fake_daemon.methods().count("machine.list")
+    qtbot.waitUntil(lambda: fake_daemon.methods().count("machine.list") > count + 1,
+                    timeout=WAIT)
+    assert not tab.lan_box.isEnabled()
+    gate.set()
     qtbot.waitUntil(lambda: "machine.set" in fake_daemon.methods(), timeout=WAIT)
     params = next(p for m, p in fake_daemon.calls if m == "machine.set")
     assert params == {"name": "default", "expose_ports_on_lan": True}
