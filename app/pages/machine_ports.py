@@ -140,6 +140,9 @@ class PortsTab(QWidget):
         self._state = ""
         self._lan = False
         self._lan_saving = False  # a change is on its way to berthd
+        self._pid: object = None  # the QEMU run of the last status
+        self._pending_pid: object = None  # the run that was up when a change was saved
+        self._pending = False  # a saved change waits for the next start
         self.summary = plain_label("", self)
         self.summary.setWordWrap(True)
         self.table = QTableWidget(0, len(COLUMNS), self)
@@ -197,6 +200,9 @@ class PortsTab(QWidget):
                 self.lan_box.setChecked(lan)
                 self._render_lan_note(pending=False)
         self.lan_box.setEnabled(doc is not None and not self._lan_saving)
+        self._pid = (doc or {}).get("pid") if state == "running" else None
+        if self._pending and self._pid is not None and self._pid != self._pending_pid:
+            self._render_lan_note(pending=False)  # a new QEMU run: the change applies now
         rows = parse_ports(doc) if state == "running" else []
         if rows != self.rows:
             self._set_rows(rows)
@@ -260,6 +266,7 @@ class PortsTab(QWidget):
         self.summary.setText(text)
 
     def _render_lan_note(self, pending: bool) -> None:
+        self._pending = pending
         if self._lan:
             text = self.tr(
                 "Exposed: ports that containers publish on all interfaces are bound on "
@@ -337,6 +344,7 @@ class PortsTab(QWidget):
         """berthd took the change (the page calls this)."""
         self._lan_saving = False
         self._lan = value
+        self._pending_pid = self._pid
         self.lan_box.setChecked(value)
         self.lan_box.setEnabled(True)
         self._render_lan_note(pending=True)

@@ -134,6 +134,10 @@ def test_lan_opt_in_asks_first_and_saves_through_machine_set(
     qtbot.waitUntil(lambda: tab.lan_box.isChecked() and tab.lan_box.isEnabled(), timeout=WAIT)
     assert "next start" in tab.lan_note.text() and "0.0.0.0" in tab.lan_note.text()
     assert not tab.restart_button.isHidden()
+    # The next QEMU run applies it: the note says so no more.
+    fake_daemon.doc = {**fake_daemon.doc, "pid": 5151}
+    qtbot.waitUntil(lambda: "next start" not in tab.lan_note.text(), timeout=WAIT)
+    assert tab.restart_button.isHidden() and "0.0.0.0" in tab.lan_note.text()
     assert fake_daemon.doc is not None and fake_daemon.doc["spec"]["expose_ports_on_lan"]
     # Turning it off needs no warning.
     tab.lan_box.click()
