@@ -27,6 +27,8 @@ from typing import Any
 from PySide6.QtCore import (
     QAbstractTableModel,
     QModelIndex,
+    QModelRoleData,
+    QModelRoleDataSpan,
     QObject,
     QPersistentModelIndex,
     QSortFilterProxyModel,
@@ -46,6 +48,14 @@ from vm_backend.engine.streams import Stream
 log = logging.getLogger(__name__)
 
 Index = QModelIndex | QPersistentModelIndex
+RoleData = QModelRoleDataSpan | QModelRoleData
+
+
+def _role_data(span: RoleData) -> Iterable[QModelRoleData]:
+    """The entries of a multiData() span (the stubs do not say a span iterates)."""
+    if isinstance(span, QModelRoleData):
+        return (span,)
+    return iter(span)  # type: ignore[call-overload,no-any-return]
 
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1  # raw value for sorting (numbers, times)
 CONTAINER_ROLE = Qt.ItemDataRole.UserRole + 2  # the Container object
@@ -331,6 +341,25 @@ class ContainersModel(QAbstractTableModel):
             log.exception("containers model data() failed")
             return None
 
+    def multiData(self, index: Index, roleDataSpan: RoleData) -> None:
+        """All the roles a delegate asks for, in one call (views ask seven per cell).
+
+        Qt 6's item delegates fetch a cell's roles through ``multiData``; the default goes
+        back to Python once per role, and each return into Python has to take the GIL,
+        which other threads may hold: one call per cell instead of seven.
+        """
+        try:
+            c: Container | None = None
+            col = index.column()
+            if index.isValid() and not index.parent().isValid():
+                row = index.row()
+                if 0 <= row < len(self._ids) and 0 <= col < len(COLUMNS):
+                    c = self._items[self._ids[row]]
+            for role_data in _role_data(roleDataSpan):
+                role_data.setData(None if c is None else self._data(c, col, role_data.role()))
+        except Exception:  # a view must never see an exception
+            log.exception("containers model multiData() failed")
+
     def _data(self, c: Container, col: int, role: int) -> Any:
         if role == Qt.ItemDataRole.DisplayRole:
             return self._display(c, col)
@@ -465,6 +494,15 @@ class ContainersProxy(QSortFilterProxyModel):
             self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
         else:
             self.invalidateFilter()
+
+    def multiData(self, index: Index, roleDataSpan: RoleData) -> None:
+        # QSortFilterProxyModel answers multiData with one data() call per role; hand the
+        # whole span to the source model instead (see ContainersModel.multiData).
+        model = self.sourceModel()
+        if isinstance(model, ContainersModel):
+            model.multiData(self.mapToSource(index), roleDataSpan)
+        else:
+            super().multiData(index, roleDataSpan)
 
     # Both lookups go straight to the Python source model: a round trip through Qt's
     # data() would wrap and unwrap the Container in a QVariant for every row.

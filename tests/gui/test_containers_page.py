@@ -210,3 +210,29 @@ def test_stats_targets_on_screen_first_filtered_and_capped(
     page.search.setText("web-0")
     filtered = page.stats_targets()
     assert sorted(filtered) == sorted(c.id for c in running[:10])
+
+
+def test_multidata_answers_what_data_answers(
+    page: ContainersPage, fake_session: FakeSession
+) -> None:
+    from PySide6.QtCore import QModelRoleData, Qt
+
+    from app.models.containers import COLUMNS, SORT_ROLE
+
+    fake_session.add(
+        make_container("<b>web</b>", ports=(PortBinding(80, "tcp", "0.0.0.0", 8080),)),
+        make_container("db", state=ContainerState.EXITED),
+    )
+    roles = [Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.ToolTipRole,
+             Qt.ItemDataRole.ForegroundRole, Qt.ItemDataRole.FontRole,
+             Qt.ItemDataRole.TextAlignmentRole, Qt.ItemDataRole.DecorationRole, SORT_ROLE]
+    for model in (page.model, page.proxy):
+        for row in range(model.rowCount()):
+            for col in range(len(COLUMNS)):
+                index = model.index(row, col)
+                for role in roles:
+                    rd = QModelRoleData(role)
+                    model.multiData(index, rd)
+                    assert rd.data() == index.data(role), (row, col, role)
+    # And the table paints through it (the page's view is a real one).
+    assert not page.table.viewport().grab().isNull()
