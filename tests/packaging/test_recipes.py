@@ -54,8 +54,12 @@ def guest_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 # ---- icons -------------------------------------------------------------------------------
 
-def test_generated_icons_match_the_svg_sources() -> None:
-    """assets/icons is what `build.py icons` makes from the two SVGs today."""
+def test_generated_icons_match_the_svg_sources(qapp: object) -> None:
+    """assets/icons is what `build.py icons` makes from the two SVGs today.
+
+    (``qapp``: rendering needs a Qt application; left to build.py it would make a
+    QGuiApplication, and later widget tests in the same process would abort.)
+    """
     pytest.importorskip("PySide6.QtSvg")
     files = build.icon_files(build.SOURCE_SVG.read_bytes(), build.SYMBOLIC_SVG.read_bytes())
     for rel, data in files.items():
