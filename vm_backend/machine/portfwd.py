@@ -162,6 +162,7 @@ class _UdpRelay:
         self._flows: dict[Any, _UdpFlow] = {}
         self._lock = threading.Lock()
         self._stopping = False
+        self._torn_down = False
         self._wake_r, self._wake_w = os.pipe()
         self._thread: threading.Thread | None = None
 
@@ -178,9 +179,12 @@ class _UdpRelay:
         self._thread.start()
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        self._stopping = True
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
+        with self._lock:
+            self._stopping = True
+            # Never write to the pipe once it is closed: its fd number may be reused.
+            if not self._torn_down:
+                with contextlib.suppress(OSError):
+                    os.write(self._wake_w, b"x")
         thread = self._thread
         if thread is None:
             self._teardown()  # never started; otherwise the loop tears down as it ends
@@ -189,15 +193,18 @@ class _UdpRelay:
 
     def _teardown(self) -> None:
         with self._lock:
+            if self._torn_down:
+                return
+            self._torn_down = True
             flows = list(self._flows.values())
             self._flows.clear()
+            for fd in (self._wake_r, self._wake_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
         for flow in flows:
             with contextlib.suppress(Exception):
                 flow.channel.close()
         self.sock.close()
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
 
     def _open_flow(self, client: Any, sel: selectors.BaseSelector) -> _UdpFlow:
         channel = self.opener.open_unix_socket(AGENT_SOCKET)
