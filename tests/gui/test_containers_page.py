@@ -16,6 +16,16 @@ from vm_backend.engine.errors import Conflict
 from vm_backend.engine.models import ContainerState, PortBinding
 
 
+@pytest.fixture(autouse=True)
+def summary_details() -> Any:
+    """These tests use the plain summary; a window built earlier installs the real panel
+    (app.pages.details.panel sets a module-wide factory), so put it back afterwards."""
+    before = containers_page._details_factory
+    containers_page.set_details_factory(None)
+    yield
+    containers_page.set_details_factory(before)
+
+
 @pytest.fixture
 def page(qtbot: Any, ctx: Any, fake_session: FakeSession) -> ContainersPage:
     ctx.use_session(fake_session)

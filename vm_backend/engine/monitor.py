@@ -323,7 +323,8 @@ class EngineMonitor:
                 kinds.add("container")
                 ids.clear()
             try:
-                for kind in kinds:
+                # Containers first: the window's first paint waits on them, not on images.
+                for kind in sorted(kinds, key=KINDS.index):
                     self._refresh_kind(kind, full)
                 if ids:
                     self._refresh_containers(ids)
