@@ -106,6 +106,7 @@ class _Diagnose:
         self.checks: list[Check] = []
         self.engine: Any = None
         self.image: str | None = None
+        self.last_error = ""
 
     def add(self, name: str, status: str, detail: str, fix: str = "") -> bool:
         self.checks.append(Check(name, status, detail, fix))
@@ -348,17 +349,20 @@ class _Diagnose:
             return
         self.add(
             "host-from-container", FAILED,
-            f"a container could not reach this computer at host.docker.internal:{port}",
+            f"a container could not reach this computer at host.docker.internal:{port} "
+            f"({_short(self.last_error or out or 'no answer')})",
             "The VM's dockerd must run with --host-gateway-ip 10.0.2.2 (Berth's guest image "
             "does): update the guest image and restart the machine.",
         )
 
     def _run_container(self, cmd: list[str], **kwargs: Any) -> str | None:
+        self.last_error = ""
         try:
             out = self.engine.containers.run(
-                self.image, cmd, remove=True, labels={LABEL: "probe"}, **kwargs
+                self.image, cmd, remove=True, labels={LABEL: "probe"}, stderr=True, **kwargs
             )
-        except Exception:  # noqa: BLE001 (docker-py: any failure means the probe failed)
+        except Exception as err:  # noqa: BLE001 (docker-py: any failure means the probe failed)
+            self.last_error = str(err)
             return None
         return bytes(out).decode("utf-8", "replace")
 
@@ -458,6 +462,11 @@ sys.stdout.write(data.split(b"\\r\\n\\r\\n", 1)[-1].decode("ascii", "replace"))
 def run_checks(service: MachineService, image: str | None = None) -> list[Check]:
     """Run every hop check against ``service``'s machine. Never raises for a broken hop."""
     return _Diagnose(service, image).run()
+
+
+def _short(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _host_http(port: int) -> str:
