@@ -14,7 +14,8 @@ engine socket relay and ``/_ping`` through it, exactly as berthd does), in a pri
 
 Variants run side by side, rounds alternating, so load from other processes hits them
 alike: ``--image DIR`` (repeat it to compare guest images) and ``--tb-size MiB`` (repeat
-to compare TCG translation-cache sizes; 0 = QEMU's default). Each variant × round is one
+to compare TCG translation-cache sizes; 0 = QEMU's own default of 1 GiB; without it, the
+command line as Berth builds it). Each variant × round is one
 fresh boot; the data disk is created once per variant and reused (like a user's VM).
 
 ``python bench/bench_vm.py --image packaging/guest/out/amd64 --rounds 3 --memory-test``
@@ -54,7 +55,7 @@ DOCKER = shutil.which("docker") or "docker"
 class Variant:
     label: str
     image: Path
-    tb_size: int
+    tb_size: int | None
     home: Path
     boots: list[float] = field(default_factory=list)
     stages: dict[str, list[float]] = field(default_factory=dict)
@@ -88,13 +89,14 @@ def qemu_rss(pid: int, memory_mib: int) -> tuple[int, int]:
     return total * 1024, guest * 1024
 
 
-def launcher_with_tb_size(tb_size: int):  # type: ignore[no-untyped-def]
+def launcher_with_tb_size(tb_size: int | None):  # type: ignore[no-untyped-def]
     def launch(argv: list[str], log: Path) -> QemuProcess:
-        if tb_size:
-            i = argv.index("-accel")
-            if argv[i + 1].startswith("tcg"):
-                accel = [p for p in argv[i + 1].split(",") if not p.startswith("tb-size=")]
-                argv = [*argv[: i + 1], ",".join([*accel, f"tb-size={tb_size}"]), *argv[i + 2 :]]
+        i = argv.index("-accel")
+        if tb_size is not None and argv[i + 1].startswith("tcg"):
+            accel = [p for p in argv[i + 1].split(",") if not p.startswith("tb-size=")]
+            if tb_size:
+                accel.append(f"tb-size={tb_size}")
+            argv = [*argv[: i + 1], ",".join(accel), *argv[i + 2 :]]
         return QemuProcess.launch(argv, log)
 
     return launch
@@ -204,21 +206,21 @@ def main() -> int:
     ap.add_argument("--image", action="append", type=Path,
                     help="guest image folder (repeat to compare); default: the build output")
     ap.add_argument("--tb-size", action="append", type=int,
-                    help="TCG translation cache MiB (repeat to compare; 0 = as built)")
+                    help="TCG translation cache MiB (repeat to compare; 0 = QEMU's default)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--memory", type=int, default=2048, help="guest MiB")
     ap.add_argument("--memory-test", action="store_true", help="512 MiB container round")
     args = ap.parse_args()
     images = args.image or [Path(__file__).resolve().parents[1] / "packaging/guest/out/amd64"]
-    tb_sizes = args.tb_size or [0]
+    tb_sizes: list[int | None] = list(args.tb_size or [None])
     base = Path(tempfile.mkdtemp(prefix="bvm-", dir="/tmp"))
     base.chmod(0o700)
     variants = []
     for n, (image, tb) in enumerate(itertools.product(images, tb_sizes)):
         label = image.name if len(images) == 1 else str(image)
         if len(tb_sizes) > 1:
-            label += f" tb-size={tb or 'default'}"
+            label += f" tb-size={'as built' if tb is None else tb or 'QEMU default'}"
         variants.append(Variant(label, image, tb, base / f"v{n}"))
     try:
         for r in range(args.rounds):

@@ -96,7 +96,7 @@ def test_linux_tcg_amd64() -> None:
     assert argv == [
         *head("qemu-system-x86_64"),
         "-machine", "q35,vmport=off",
-        "-accel", "tcg,thread=multi",
+        "-accel", "tcg,thread=multi,tb-size=256",
         "-cpu", "max",
         "-smp", "2",
         "-m", "2048M",
@@ -116,7 +116,7 @@ def test_linux_tcg_arm64_guest_on_x86_host() -> None:
     assert argv == [
         *head("qemu-system-aarch64"),
         "-machine", "virt,highmem=on",
-        "-accel", "tcg,thread=multi",
+        "-accel", "tcg,thread=multi,tb-size=256",
         "-cpu", "max,pauth-impdef=on",
         "-smp", "2",
         "-m", "2048M",
