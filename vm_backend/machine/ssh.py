@@ -513,7 +513,15 @@ class GuestSSH:
                     "the VM may still be booting; if this persists, another program may be"
                     " using the port",
                 ) from exc
-            server_key = transport.get_remote_server_key()
+            try:
+                server_key = transport.get_remote_server_key()
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                # The session can die between the handshake and here (a banner read
+                # failing under load): "No existing session".
+                raise GuestSSHError(
+                    f"the SSH session with {where} ended during the handshake: {exc}",
+                    "the VM may be overloaded or still booting; Berth keeps retrying",
+                ) from exc
             if server_key.get_name() != self._pinned.get_name() or not hmac.compare_digest(
                 server_key.asbytes(), self._pinned.asbytes()
             ):
@@ -585,7 +593,14 @@ class GuestSSH:
                 self._set_state(SSHState.RECONNECTING)
             try:
                 transport = self._dial()
-            except BerthError as exc:
+            except Exception as exc:  # noqa: BLE001 - the reconnect loop must never die
+                if not isinstance(exc, BerthError):
+                    log.warning("SSH reconnect to %s:%s failed unexpectedly: %r",
+                                self.host, self.port, exc)
+                    exc = GuestSSHError(
+                        f"reconnecting to the VM's SSH server failed: {exc}",
+                        "Berth keeps retrying; see the daemon log",
+                    )
                 with self._cond:
                     self._last_error = exc
                     self._cond.notify_all()

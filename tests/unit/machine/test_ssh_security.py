@@ -198,6 +198,39 @@ def test_reconnect_to_an_impostor_is_refused_too(
     assert b"second" not in b"".join(genuine.log.exec_requests)
 
 
+def test_reconnect_survives_an_unexpected_error(
+    genuine: FakeSSHServer, keys: MachineKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dial that dies with something other than a BerthError (paramiko's "No existing
+    session" after a failed banner read, seen under load) must not end the reconnect loop:
+    SSH would be gone for good, and the engine socket and the agent with it."""
+    ssh = GuestSSH(
+        genuine.port, keys.client.private_path, keys.host.public_openssh,
+        backoff_initial_s=0.05,
+    )
+    with ssh:
+        assert ssh.exec(["first"]).rc == 0
+        real_dial = ssh._dial
+        failures = []
+
+        def flaky_dial() -> object:
+            if len(failures) < 2:
+                failures.append(1)
+                raise paramiko.SSHException("No existing session")
+            return real_dial()
+
+        monkeypatch.setattr(ssh, "_dial", flaky_dial)
+        with ssh._cond:
+            transport = ssh._transport
+        assert transport is not None
+        transport.close()
+        deadline = time.monotonic() + 60
+        while len(failures) < 2:
+            assert time.monotonic() < deadline, "the reconnect loop never retried"
+            time.sleep(0.02)
+        assert ssh.exec(["second"], timeout=60).rc == 0
+
+
 def test_unreachable_port_says_what_to_do(keys: MachineKeys) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
