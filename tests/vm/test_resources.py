@@ -14,6 +14,7 @@ init/start/stop/set/reclaim/ssh``, and the real docker CLI through ``berth machi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from vm_backend.daemon.service import find_guest_image
@@ -101,8 +103,18 @@ def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield home
     finally:
         berth(home, "machine", "stop", "--timeout", "20")
-        subprocess.run(["pkill", "-f", f"vm_backend.daemon.server --home {home}"], check=False)
+        stop_daemon(home)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def stop_daemon(home: Path) -> None:
+    """End the berthd this module started for ``home`` (by pid, matched on its argv)."""
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if "vm_backend.daemon.server" in cmdline and str(home) in cmdline:
+            with contextlib.suppress(psutil.Error):
+                proc.terminate()
+                proc.wait(10)
 
 
 def status(home: Path) -> dict[str, object]:
