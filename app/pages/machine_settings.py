@@ -58,9 +58,16 @@ class ShareRow:
     host_path: str
     tag: str
     read_only: bool = False
+    # auto | 9p | sftp (vm_backend.machine.spec.Share); kept as the spec had it.
+    transport: str = "auto"
 
     def to_json(self) -> dict[str, Any]:
-        return {"host_path": self.host_path, "tag": self.tag, "read_only": self.read_only}
+        return {
+            "host_path": self.host_path,
+            "tag": self.tag,
+            "read_only": self.read_only,
+            "transport": self.transport,
+        }
 
 
 @dataclass(frozen=True)
@@ -75,7 +82,7 @@ class SettingsValues:
     def from_spec(cls, spec: dict[str, Any]) -> SettingsValues:
         shares = tuple(
             ShareRow(str(s.get("host_path", "")), str(s.get("tag", "")),
-                     bool(s.get("read_only", False)))
+                     bool(s.get("read_only", False)), str(s.get("transport") or "auto"))
             for s in spec.get("shares") or []
             if isinstance(s, dict)
         )

@@ -63,7 +63,21 @@ def test_changes_only_what_differs() -> None:
     assert SettingsValues.from_spec(spec).changes_from(spec) == {}
     edited = values(cpus=3, shares=(ShareRow("/tmp", "tmp", True),))
     assert edited.changes_from(spec) == {
-        "cpus": 3, "shares": [{"host_path": "/tmp", "tag": "tmp", "read_only": True}]}
+        "cpus": 3, "shares": [{"host_path": "/tmp", "tag": "tmp", "read_only": True,
+                               "transport": "auto"}]}
+
+
+def test_editing_shares_keeps_each_transport() -> None:
+    """An SFTP share stays SFTP when another share is added in the window."""
+    spec = {"cpus": 2, "memory_mib": 2048, "disk_gib": 32, "accelerator": "auto",
+            "shares": [{"host_path": "/srv", "tag": "srv", "read_only": False,
+                        "transport": "sftp"}]}
+    before = SettingsValues.from_spec(spec)
+    edited = values(shares=(*before.shares, ShareRow("/tmp", "tmp", True)))
+    assert edited.changes_from(spec)["shares"] == [
+        {"host_path": "/srv", "tag": "srv", "read_only": False, "transport": "sftp"},
+        {"host_path": "/tmp", "tag": "tmp", "read_only": True, "transport": "auto"},
+    ]
 
 
 def test_tag_for_is_allowed_and_unique() -> None:
