@@ -20,6 +20,7 @@ import stat
 import sys
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from vm_backend.daemon.protocol import PROTOCOL_VERSION, LineReader, ProtocolErr
 from vm_backend.daemon.service import MachineService
 from vm_backend.errors import BerthError, InputError
 from vm_backend.machine.paths import ensure_private_dir, run_dir_for
-from vm_backend.machine.spec import spec_from_json, spec_to_json
+from vm_backend.machine.spec import default_shares, spec_from_json, spec_to_json
 from vm_backend.paths import berth_home
 
 log = logging.getLogger("berthd")
@@ -92,6 +93,8 @@ class Daemon:
         if method == "machine.list":
             return [self.service(n).status_json() for n in self.names()]
         if method == "machine.init":
+            if "shares" not in params:  # a new machine shares the home folder by default
+                params = {**params, "shares": [asdict(s) for s in default_shares()]}
             spec = spec_from_json({**params, "name": name})
             svc = self.service(name, must_exist=False)
             if svc.machine.exists:

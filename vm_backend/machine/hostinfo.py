@@ -66,6 +66,11 @@ def _host_os() -> HostOS:
     return HostOS.LINUX
 
 
+def current_host_os() -> HostOS:
+    """The operating system Berth runs on."""
+    return _host_os()
+
+
 def _host_arch() -> Arch:
     machine = platform.machine().lower()
     if machine in ("arm64", "aarch64"):

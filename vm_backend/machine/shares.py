@@ -22,7 +22,6 @@ import contextlib
 import enum
 import errno
 import logging
-import ntpath
 import os
 import posixpath
 import stat as stat_mod
@@ -37,6 +36,7 @@ from paramiko.sftp import SFTP_OK, SFTP_OP_UNSUPPORTED, SFTP_PERMISSION_DENIED
 
 from vm_backend.errors import BerthError
 from vm_backend.machine.hostinfo import HostOS
+from vm_backend.machine.spec import guest_path_for, reserved_guest_path
 from vm_backend.machine.ssh import SSHState
 
 if TYPE_CHECKING:
@@ -51,15 +51,6 @@ log = logging.getLogger(__name__)
 GUEST_STATUS_FILE = "/run/berth/shares.status"
 #: How long an sshfs mount may take to appear (TCG under load is slow to start sshfs).
 SFTP_MOUNT_TIMEOUT_S = 60.0
-
-# Guest paths the VM needs for itself; the guest init refuses the same list.
-_RESERVED_EXACT = frozenset({"/", "/tmp", "/var", "/var/lib", "/mnt", "/media"})
-_RESERVED_TREES = (
-    "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/usr", "/etc", "/boot", "/proc", "/sys",
-    "/dev", "/run", "/root", "/var/lib/docker", "/var/lib/containerd", "/var/lib/berth",
-    "/var/log", "/var/run", "/mnt/data", "/media/root-ro", "/media/root-rw",
-)
-
 
 class ShareTransport(enum.Enum):
     NINEP = "9p"
@@ -103,27 +94,6 @@ class ShareStatus:
 
 
 # ---- the pure part ------------------------------------------------------------------------
-def guest_path_for(host_path: str, host_os: HostOS) -> str:
-    """The path a host folder gets in the guest: the same path, or ``/c/Users/x`` on Windows.
-
-    On Windows the drive letter becomes the first component (the MSYS / Git Bash spelling,
-    which Docker's CLI accepts in ``-v /c/Users/x:/data``).
-    """
-    if host_os is HostOS.WINDOWS:
-        drive, rest = ntpath.splitdrive(host_path)
-        parts = [p for p in rest.replace("\\", "/").split("/") if p]
-        letter = drive.rstrip(":").lower()
-        return posixpath.normpath("/" + "/".join([letter, *parts] if letter else parts))
-    return posixpath.normpath("/" + host_path.lstrip("/"))
-
-
-def reserved_guest_path(path: str) -> bool:
-    """True when mounting at ``path`` would hide something the guest itself needs."""
-    if path in _RESERVED_EXACT:
-        return True
-    return any(path == tree or path.startswith(tree + "/") for tree in _RESERVED_TREES)
-
-
 def resolve_transport(share: Share, host_os: HostOS) -> ShareTransport:
     if share.transport == "sftp" or host_os is HostOS.WINDOWS:
         return ShareTransport.SFTP

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import enum
 import json
+import ntpath
 import os
+import posixpath
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vm_backend.errors import InputError
-from vm_backend.machine.hostinfo import Arch, HostInfo
+from vm_backend.machine.hostinfo import Arch, HostInfo, HostOS, current_host_os
 
 MIN_MEMORY_MIB = 512
 MIN_DISK_GIB = 4
@@ -37,6 +39,51 @@ class Accelerator(enum.Enum):
 
 
 SHARE_TRANSPORTS = ("auto", "9p", "sftp")
+
+# Guest paths the VM needs for itself; the guest init (vm_backend/guest/init/shares)
+# refuses the same list. A share appears in the guest at its host path (guest_path_for).
+_RESERVED_EXACT = frozenset({"/", "/tmp", "/var", "/var/lib", "/mnt", "/media"})
+_RESERVED_TREES = (
+    "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/usr", "/etc", "/boot", "/proc", "/sys",
+    "/dev", "/run", "/root", "/var/lib/docker", "/var/lib/containerd", "/var/lib/berth",
+    "/var/log", "/var/run", "/mnt/data", "/media/root-ro", "/media/root-rw",
+)
+DEFAULT_SHARE_TAG = "home"
+
+
+def guest_path_for(host_path: str, host_os: HostOS) -> str:
+    """The path a host folder gets in the guest: the same path, or ``/c/Users/x`` on Windows.
+
+    On Windows the drive letter becomes the first component (the MSYS / Git Bash spelling,
+    which Docker's CLI accepts in ``-v /c/Users/x:/data``).
+    """
+    if host_os is HostOS.WINDOWS:
+        drive, rest = ntpath.splitdrive(host_path)
+        parts = [p for p in rest.replace("\\", "/").split("/") if p]
+        letter = drive.rstrip(":").lower()
+        return posixpath.normpath("/" + "/".join([letter, *parts] if letter else parts))
+    return posixpath.normpath("/" + host_path.lstrip("/"))
+
+
+def reserved_guest_path(path: str) -> bool:
+    """True when mounting at ``path`` would hide something the guest itself needs."""
+    if path in _RESERVED_EXACT:
+        return True
+    return any(path == tree or path.startswith(tree + "/") for tree in _RESERVED_TREES)
+
+
+def default_shares(
+    home: Path | None = None, host_os: HostOS | None = None
+) -> tuple[Share, ...]:
+    """A new machine shares the user's home folder at the same path (docs/shares.md), so
+    ``docker run -v "$PWD":/src`` works from anywhere below it; none when the home folder
+    is missing or is a folder the guest needs itself (root's /root)."""
+    home = Path.home() if home is None else home
+    if not home.is_absolute() or not home.is_dir():
+        return ()
+    if reserved_guest_path(guest_path_for(str(home), host_os or current_host_os())):
+        return ()
+    return (Share(host_path=str(home), tag=DEFAULT_SHARE_TAG),)
 
 
 @dataclass(frozen=True)
@@ -167,6 +214,13 @@ def _validate_shares(spec: MachineSpec, host: HostInfo) -> None:
             raise InputError(
                 f"Shared folder {share.host_path!r} does not exist.",
                 "Create it or remove it from the shares.",
+            )
+        if reserved_guest_path(guest_path_for(share.host_path, host.os)):
+            raise InputError(
+                f"Shared folder {share.host_path!r} cannot be shared: the VM needs"
+                f" {guest_path_for(share.host_path, host.os)} for itself, and a share"
+                " appears in the VM at the same path.",
+                "Share a folder below your home folder instead.",
             )
 
 

@@ -80,6 +80,29 @@ def test_machine_init_status_set_rm_without_booting(daemon: Path, home: Path) ->
         client.call("machine.status", {"name": "t1"})
 
 
+def test_a_new_machine_shares_the_home_folder(
+    daemon: Path, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user_home = tmp_path / "users" / "ada"
+    user_home.mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(user_home))
+    client = DaemonClient(home)
+    spec = client.call("machine.init", {"name": "h1", "disk_gib": 4})
+    assert [(s["host_path"], s["tag"], s["read_only"]) for s in spec["shares"]] == [
+        (str(user_home), "home", False)
+    ]
+    # An explicit empty list means no shares; root's /root is never shared by default.
+    assert client.call("machine.init", {"name": "h2", "disk_gib": 4, "shares": []})[
+        "shares"] == []
+    monkeypatch.setenv("HOME", "/root")
+    assert client.call("machine.init", {"name": "h3", "disk_gib": 4})["shares"] == []
+    # A folder the guest needs itself is refused in plain words, and nothing is created.
+    with pytest.raises(DaemonError, match="the VM needs /etc for itself"):
+        client.call("machine.set", {"name": "h2", "shares": [
+            {"host_path": "/etc", "tag": "etc", "read_only": True}]})
+    assert client.call("machine.spec", {"name": "h2"})["shares"] == []
+
+
 def test_bad_requests_get_errors_not_a_dead_daemon(daemon: Path, home: Path) -> None:
     with socket.socket(socket.AF_UNIX) as sock:
         sock.connect(str(daemon))

@@ -14,6 +14,7 @@ from vm_backend.machine.spec import (
     Accelerator,
     MachineSpec,
     Share,
+    default_shares,
     load_spec,
     save_spec,
     spec_from_json,
@@ -97,3 +98,17 @@ def test_damaged_files_give_input_errors(tmp_path: Path) -> None:
     path.write_text('{"name": "x", "arch": "sparc"}')
     with pytest.raises(InputError, match="damaged"):
         load_spec(path)
+
+
+def test_a_share_over_a_guest_system_folder_is_refused() -> None:
+    spec = replace(SPEC, shares=(Share(host_path="/etc", tag="etc", read_only=True),))
+    with pytest.raises(InputError, match="the VM needs /etc"):
+        validate(spec, HOST)
+
+
+def test_default_share_is_the_home_folder(tmp_path: Path) -> None:
+    assert default_shares(tmp_path, HostOS.LINUX) == (
+        Share(host_path=str(tmp_path), tag="home"),
+    )
+    assert default_shares(Path("/root"), HostOS.LINUX) == ()
+    assert default_shares(tmp_path / "missing") == ()
