@@ -359,6 +359,8 @@ def add_machine_parser(sub: Any) -> None:
     q.add_argument("--disk", type=int, default=None, help="data disk size in GiB")
     q.add_argument("--accel", choices=["auto", "kvm", "hvf", "whpx", "tcg"], default=None)
     _add_share_args(q)
+    q.add_argument("--no-shares", action="store_true",
+                   help="share nothing (default: your home folder, at the same path)")
     q = named("set", "change CPUs, memory, disk (grow only) or accelerator")
     q.add_argument("--cpus", type=int, default=None)
     q.add_argument("--memory", default=None)
