@@ -56,7 +56,7 @@ from vm_backend.daemon.server import socket_path
 from vm_backend.errors import BerthError
 from vm_backend.machine.keys import ensure_machine_keys
 from vm_backend.machine.paths import MachinePaths
-from vm_backend.machine.spec import load_spec, spec_to_json
+from vm_backend.machine.spec import default_shares, load_spec, spec_to_json
 from vm_backend.machine.ssh import GuestSSH
 from vm_backend.paths import berth_home
 
@@ -185,14 +185,23 @@ class FirstRunPanel(QWidget):
             self,
         )
         intro.setWordWrap(True)
+        shared = default_shares()
+        sharing = (
+            self.tr("  • your folder {0}, shared with the VM at the same path (for -v)\n").format(
+                shared[0].host_path
+            )
+            if shared
+            else ""
+        )
         self.plan = plain_label(
             self.tr(
                 "It will use:\n"
                 "  • a {0} GiB data disk for images and volumes (it grows as it fills)\n"
                 "  • {1} MiB of memory and {2} CPUs while it runs\n"
                 "  • the folder {3}\n"
+                "{4}"
                 "You can change all of this later in its settings."
-            ).format(spec["disk_gib"], spec["memory_mib"], spec["cpus"], where),
+            ).format(spec["disk_gib"], spec["memory_mib"], spec["cpus"], where, sharing),
             self,
         )
         self.plan.setWordWrap(True)
