@@ -319,7 +319,7 @@ def test_shares_add_remove_saved_with_machine_set(qtbot: QtBot, fake_daemon: Fak
                     or "apply at the next start" in panel.message.text(), timeout=WAIT)
     setp = next(p for m, p in fake_daemon.calls if m == "machine.set")
     assert setp["shares"] == [{"host_path": str(folder), "tag": "my-project",
-                               "read_only": True}]
+                               "read_only": True, "transport": "auto"}]
     qtbot.waitUntil(lambda: bool(panel.spec.get("shares")), timeout=WAIT)
     assert panel.shares.table.rowCount() == 1
     panel.shares.table.selectRow(0)
