@@ -24,6 +24,7 @@ from PySide6.QtWidgets import QMenu, QSystemTrayIcon, QWidget
 from app import icons
 from app.bridge import Op, user_message
 from app.session import EngineSession
+from app.vm_states import START_STATES, STOP_STATES, state_words
 
 # Imported here, not in the worker that first needs them: an import still running on a
 # worker thread when the process exits crashed the interpreter.
@@ -55,16 +56,6 @@ def failure_message(event: Event) -> str | None:
 VM_NAME = "default"
 VM_POLL_MS = 10_000
 STOP_TIMEOUT_S = 30
-_VM_WORDS = {
-    "stopped": "Stopped",
-    "starting": "Starting…",
-    "running": "Running",
-    "stopping": "Stopping…",
-    "paused": "Paused",
-    "crashed": "Crashed",
-}
-START_STATES = frozenset({"stopped", "crashed"})
-STOP_STATES = frozenset({"starting", "running", "paused"})
 
 
 def _machine_status() -> dict[str, Any] | None:
@@ -236,7 +227,7 @@ class BerthTray(QObject):
 
     def _render_vm(self) -> None:
         state = self.vm_state
-        words = _VM_WORDS.get(state, state)
+        words = state_words(state)
         if self._vm_busy == "starting":
             words = "Starting…"
         elif self._vm_busy == "stopping":

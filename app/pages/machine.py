@@ -50,6 +50,7 @@ from app.pages.machine_settings import HostLimits, SettingsPanel
 from app.pages.machine_terminal import ChannelLike, ConsoleTab, ShellTab
 from app.pages.machine_timeline import STAGE_KEYS, FailurePanel, TimelineView
 from app.pages.registry import register_page
+from app.vm_states import state_words
 from vm_backend.daemon.client import DaemonClient, DaemonError
 from vm_backend.daemon.reset import reset_machine
 from vm_backend.daemon.server import socket_path
@@ -78,14 +79,6 @@ DEFAULT_DISK_GIB = 32
 
 ClientFactory = Callable[..., Any]  # (autostart: bool = True) -> a berthd client
 
-_STATE_WORDS = {
-    "stopped": "Stopped",
-    "starting": "Starting…",
-    "running": "Running",
-    "stopping": "Stopping…",
-    "paused": "Paused",
-    "crashed": "Crashed",
-}
 _STAGE_IN_MESSAGE = re.compile(r"stage '([a-z]+)'")
 
 
@@ -552,12 +545,12 @@ class MachinePage(QWidget):
         self.stack.setCurrentWidget(self.tabs)
         state = str(doc.get("state") or "stopped")
         ov = self.overview
-        self.state_label.setText(self.tr(_STATE_WORDS.get(state, state)))
+        self.state_label.setText(self.tr(state_words(state)))
         detail = str(doc.get("detail") or "")
         if detail == doc.get("accelerator_reason") or not ov.failure.isHidden():
             # Said already: in the slow-mode notice, or in the failure panel.
             detail = ""
-        ov.set_value("state", self.tr(_STATE_WORDS.get(state, state))
+        ov.set_value("state", self.tr(state_words(state))
                      + (f" — {detail}" if detail else ""))
         accel = str(doc.get("accelerator") or "")
         ov.set_value("accelerator", accel.upper() if accel else self.tr("chosen at start"))
@@ -757,7 +750,7 @@ class MachinePage(QWidget):
                 self.refresh()
         state = message.get("state")
         if isinstance(state, str):
-            self.state_label.setText(self.tr(_STATE_WORDS.get(state, state)))
+            self.state_label.setText(self.tr(state_words(state)))
 
     def _started(self, doc: Any) -> None:
         self._booting = False
