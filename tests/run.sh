@@ -2,7 +2,8 @@
 # Run Berth's checks and tests: start the engines the tests need (dockerd and a Podman API
 # service, idempotent), build the amd64 guest image if its recipe changed (cached: seconds
 # when nothing changed, minutes from scratch), then ruff, mypy and pytest. Extra
-# arguments go to pytest. BERTH_SKIP_VM=1 skips the guest build and the VM tests.
+# arguments go to pytest. BERTH_SKIP_VM=1 skips the guest build and the VM tests;
+# BERTH_LONG_TESTS=1 adds the long real-VM tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export QT_QPA_PLATFORM=offscreen
@@ -10,9 +11,14 @@ export CONTAINERS_CONF="$PWD/.ci/containers.conf"
 bash .ci/services.sh start
 ruff check .
 mypy
+# Real-VM tests with several boots each (marker "long": kill -9 rounds, memory given back,
+# reclaim, resize) take ~7 min more: BERTH_LONG_TESTS=1 runs them too.
 markers="not arm64"
+if [ "${BERTH_LONG_TESTS:-0}" != 1 ]; then
+  markers="$markers and not long"
+fi
 if [ "${BERTH_SKIP_VM:-0}" = 1 ]; then
-  markers="not arm64 and not vm"
+  markers="$markers and not vm"
 else
   bash packaging/guest/build.sh --arch amd64
 fi

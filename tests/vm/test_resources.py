@@ -34,7 +34,7 @@ from vm_backend.errors import BerthError
 from vm_backend.machine.disk import allocated_bytes
 from vm_backend.machine.hostinfo import Arch
 
-pytestmark = pytest.mark.vm
+pytestmark = [pytest.mark.vm, pytest.mark.long]
 
 HOST_IMAGE = os.environ.get("BERTH_TEST_IMAGE", "berth-test/busybox:latest")
 DOCKER = shutil.which("docker") or "docker"
