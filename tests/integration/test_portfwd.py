@@ -20,7 +20,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -30,6 +29,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.berth_cli import run_berth
 from tests.integration.sshd_fixtures import *  # noqa: F403 - the sshd_server fixture
 from tests.integration.sshd_fixtures import DOCKER_SOCK, SshdServer, need_sshd
 from vm_backend.daemon.client import DaemonClient
@@ -270,15 +270,6 @@ def test_256_mib_with_sha256_and_ssh_L_reference(
 # ---- through the real VM (optional; boots the guest under QEMU) ---------------------------
 
 
-def _berth(home: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vm_backend.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env={**os.environ, "BERTH_HOME": str(home), "DOCKER_CONFIG": str(home / "docker")},
-    )
 
 
 def _listening_addresses(pid: int, port: int) -> list[str]:
@@ -302,14 +293,14 @@ def test_published_port_through_the_vm() -> None:
     home.mkdir(mode=0o700)
     daemon_pid: int | None = None
     try:
-        init = _berth(home, "machine", "init", "--cpus", "2", "--memory", "1536", "--disk", "8")
+        init = run_berth(home, "machine", "init", "--cpus", "2", "--memory", "1536", "--disk", "8")
         assert init.returncode == 0, init.stderr
         t0 = time.monotonic()
-        start = _berth(home, "machine", "start")
+        start = run_berth(home, "machine", "start")
         assert start.returncode == 0, start.stdout + start.stderr
         print(f"\nboot to engine-ready: {time.monotonic() - t0:.1f} s")
         daemon_pid = int(DaemonClient(home, autostart=False).call("ping")["pid"])
-        host = _berth(home, "machine", "env").stdout.strip().split("=", 1)[1]
+        host = run_berth(home, "machine", "env").stdout.strip().split("=", 1)[1]
         vm = {**os.environ, "DOCKER_HOST": host}
         saved = subprocess.run([docker, "save", TEST_IMAGE], capture_output=True, check=True)
         subprocess.run(
@@ -328,11 +319,11 @@ def test_published_port_through_the_vm() -> None:
         # follows the engine within milliseconds (the no-VM test bounds that at 2 s).
         t_run = time.monotonic()
         up = wait_for(lambda: get(f"http://127.0.0.1:{port}/", 5) == b"berth test\n", 60, 0.2)
-        assert up is not None, _berth(home, "machine", "status", "--json").stdout
+        assert up is not None, run_berth(home, "machine", "status", "--json").stdout
         print(f"first answer on the host {time.monotonic() - t_run:.1f} s after docker run")
         assert _listening_addresses(daemon_pid, port)[0] == "127.0.0.1"
         assert set(_listening_addresses(daemon_pid, port)) <= {"127.0.0.1", "::1"}
-        status = json.loads(_berth(home, "machine", "status", "--json").stdout)
+        status = json.loads(run_berth(home, "machine", "status", "--json").stdout)
         rows = [p for p in status["ports"] if p["container_id"] == cid]
         assert rows and rows[0]["state"] == STATE_LISTENING, status["ports"]
         assert (rows[0]["host_address"], rows[0]["host_port"]) == ("127.0.0.1", port)
@@ -346,7 +337,7 @@ def test_published_port_through_the_vm() -> None:
         assert down is not None, "the host listener outlived the container by more than 2 s"
         print(f"listener gone {down * 1000:.0f} ms after docker stop returned")
     finally:
-        _berth(home, "machine", "stop", "--timeout", "20")
+        run_berth(home, "machine", "stop", "--timeout", "20")
         if daemon_pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(daemon_pid, signal.SIGTERM)

@@ -12,7 +12,6 @@ import shutil
 import socket
 import stat
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.berth_cli import run_berth
 from vm_backend.daemon.service import find_guest_image
 from vm_backend.errors import BerthError
 from vm_backend.machine.hostinfo import Arch
@@ -30,15 +30,6 @@ HOST_IMAGE = os.environ.get("BERTH_TEST_IMAGE", "berth-test/busybox:latest")
 DOCKER = shutil.which("docker") or "docker"
 
 
-def _berth(home: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vm_backend.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env={**os.environ, "BERTH_HOME": str(home), "DOCKER_CONFIG": str(home / "docker")},
-    )
 
 
 def _docker(
@@ -64,12 +55,12 @@ def vm_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     # Short path: unix socket paths are limited to ~104 bytes.
     home = Path(f"/tmp/bvm-{uuid.uuid4().hex[:6]}")
     home.mkdir(mode=0o700)
-    init = _berth(
+    init = run_berth(
         home, "machine", "init", "--cpus", "2", "--memory", "1536", "--disk", "8", "--accel", "auto"
     )
     assert init.returncode == 0, init.stderr
     yield home
-    _berth(home, "machine", "stop", "--timeout", "20")
+    run_berth(home, "machine", "stop", "--timeout", "20")
     subprocess.run(["pkill", "-f", f"vm_backend.daemon.server --home {home}"], check=False)
     shutil.rmtree(home, ignore_errors=True)
 
@@ -77,10 +68,10 @@ def vm_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def docker_host(vm_home: Path) -> str:
     started = time.monotonic()
-    start = _berth(vm_home, "machine", "start")
+    start = run_berth(vm_home, "machine", "start")
     assert start.returncode == 0, start.stdout + start.stderr
     print(f"boot to engine-ready: {time.monotonic() - started:.1f} s\n{start.stdout}")
-    env = _berth(vm_home, "machine", "env")
+    env = run_berth(vm_home, "machine", "env")
     assert env.returncode == 0, env.stderr
     line = env.stdout.strip()
     assert line.startswith("export DOCKER_HOST=unix://")
@@ -100,7 +91,7 @@ def docker_host(vm_home: Path) -> str:
 
 
 def test_status_json_reports_the_running_vm(vm_home: Path, docker_host: str) -> None:
-    doc = json.loads(_berth(vm_home, "machine", "status", "--json").stdout)
+    doc = json.loads(run_berth(vm_home, "machine", "status", "--json").stdout)
     assert doc["state"] == "running"
     assert doc["docker_host"] == docker_host
     assert doc["accelerator"] in ("kvm", "tcg")
@@ -184,13 +175,13 @@ def test_named_volume_survives_a_vm_restart(vm_home: Path, docker_host: str) -> 
         "echo persisted > /data/f && sync",
     )
     assert write.returncode == 0, write.stderr
-    stop = _berth(vm_home, "machine", "stop")
+    stop = run_berth(vm_home, "machine", "stop")
     assert stop.returncode == 0, stop.stderr
     assert "powered-off" in stop.stdout or "quit" in stop.stdout
-    status = json.loads(_berth(vm_home, "machine", "status", "--json").stdout)
+    status = json.loads(run_berth(vm_home, "machine", "status", "--json").stdout)
     assert status["state"] == "stopped"
     assert status["pid"] is None
-    start = _berth(vm_home, "machine", "start")
+    start = run_berth(vm_home, "machine", "start")
     assert start.returncode == 0, start.stderr
     read = _docker(docker_host, "run", "--rm", "-v", f"{vol}:/data", HOST_IMAGE, "cat", "/data/f")
     assert read.stdout.strip() == "persisted", read.stderr
@@ -211,7 +202,7 @@ def test_docker_context_points_at_the_socket(vm_home: Path, docker_host: str) ->
 
 def test_no_engine_or_control_endpoint_listens_on_tcp(vm_home: Path, docker_host: str) -> None:
     """On the host only the SSH forward (127.0.0.1) is QEMU's; in the guest only sshd."""
-    doc = json.loads(_berth(vm_home, "machine", "status", "--json").stdout)
+    doc = json.loads(run_berth(vm_home, "machine", "status", "--json").stdout)
     pid = doc["pid"]
     out = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout
     qemu_listeners = [line for line in out.splitlines() if f"pid={pid}," in line]
@@ -219,7 +210,7 @@ def test_no_engine_or_control_endpoint_listens_on_tcp(vm_home: Path, docker_host
     for line in qemu_listeners:
         local = line.split()[3]
         assert local.startswith("127.0.0.1:"), line
-    ssh = _berth(vm_home, "machine", "ssh", "--", "cat", "/proc/net/tcp", "/proc/net/tcp6")
+    ssh = run_berth(vm_home, "machine", "ssh", "--", "cat", "/proc/net/tcp", "/proc/net/tcp6")
     assert ssh.returncode == 0, ssh.stderr
     listening = [ln.split() for ln in ssh.stdout.splitlines()[1:] if ln.split()[3:4] == ["0A"]]
     ports = {int(fields[1].rsplit(":", 1)[1], 16) for fields in listening if len(fields) > 3}
@@ -239,9 +230,9 @@ def test_no_engine_or_control_endpoint_listens_on_tcp(vm_home: Path, docker_host
 
 
 def test_machine_stop_ends_qemu_cleanly(vm_home: Path, docker_host: str) -> None:
-    doc = json.loads(_berth(vm_home, "machine", "status", "--json").stdout)
+    doc = json.loads(run_berth(vm_home, "machine", "status", "--json").stdout)
     pid = doc["pid"]
-    stop = _berth(vm_home, "machine", "stop")
+    stop = run_berth(vm_home, "machine", "stop")
     assert stop.returncode == 0, stop.stderr
     assert "powered-off" in stop.stdout, stop.stdout
     assert not Path(f"/proc/{pid}").exists()

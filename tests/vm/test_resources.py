@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -29,10 +28,15 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.berth_cli import run_berth
 from vm_backend.daemon.service import find_guest_image
 from vm_backend.errors import BerthError
 from vm_backend.machine.disk import allocated_bytes
 from vm_backend.machine.hostinfo import Arch
+
+
+def berth(home: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return run_berth(home, *args, timeout=timeout)
 
 pytestmark = [pytest.mark.vm, pytest.mark.long]
 
@@ -43,15 +47,6 @@ MEMORY_MIB = 1536
 LABEL = "berth-test=resources"
 
 
-def berth(home: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vm_backend.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env={**os.environ, "BERTH_HOME": str(home), "DOCKER_CONFIG": str(home / "docker")},
-    )
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
