@@ -8,6 +8,8 @@ objects that another thread may close to cancel them.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import os
 import tarfile
@@ -24,7 +26,7 @@ from docker.utils import convert_filters
 
 from vm_backend.engine import convert
 from vm_backend.engine.discovery import kind_from_version
-from vm_backend.engine.errors import EngineError, NotFound, call, engine_call
+from vm_backend.engine.errors import EngineError, EngineUnavailable, NotFound, call, engine_call
 from vm_backend.engine.models import (
     Container,
     DiskUsage,
@@ -151,10 +153,9 @@ class EngineClient:
         try:
             self.start(cid)
         except EngineError:
-            try:
-                self.api.remove_container(cid, force=True)
-            except docker.errors.DockerException:
-                pass
+            # Best effort: the start error is the one to report, not a failed clean-up.
+            with contextlib.suppress(EngineError):
+                call(f"Removing {cid}", lambda: self.api.remove_container(cid, force=True))
             raise
         return cid
 
@@ -460,8 +461,13 @@ class EngineClient:
             parse_image_ref(tag)
         with engine_call(f"Building {context}"):
             archive = _tar_context(context)
-            params = {"t": tag or None, "dockerfile": dockerfile, "rm": 1, "forcerm": 1,
-                      "networkmode": network or None}
+            params = {
+                "t": tag or None,
+                "dockerfile": dockerfile,
+                "rm": 1,
+                "forcerm": 1,
+                "networkmode": network or None,
+            }
             response = self._stream_request(
                 "POST",
                 "/build",
@@ -504,8 +510,10 @@ class EngineClient:
         # Docker 23+ (API 1.42) prunes only anonymous volumes unless all=true; older
         # engines prune every unused volume and reject the "all" filter with a 400.
         filters: dict[str, str] = {"label": label} if label else {}
-        if all_unused and self.kind is EngineKind.DOCKER and docker.utils.version_gte(
-            str(self.api.api_version), "1.42"
+        if (
+            all_unused
+            and self.kind is EngineKind.DOCKER
+            and docker.utils.version_gte(str(self.api.api_version), "1.42")
         ):
             filters["all"] = "true"
         raw = call("Pruning volumes", lambda: self.api.prune_volumes(filters=filters or None))
@@ -521,10 +529,13 @@ class EngineClient:
             if not n.get("Containers") and n.get("Id"):
                 # Docker's list (API >= 1.28) always sends "Containers": {}, Podman may
                 # omit it: only inspect has the attachments.
+                nid = n["Id"]
                 try:
-                    n = self.api.inspect_network(n["Id"])
-                except docker.errors.DockerException:
-                    pass
+                    n = call(f"Inspecting {nid}", functools.partial(self.api.inspect_network, nid))
+                except EngineUnavailable:
+                    raise  # the engine went away: the caller retries the whole list
+                except EngineError:
+                    pass  # removed meanwhile, or refused: keep what the list said
             out.append(convert.network_from_api(n))
         return out
 

@@ -336,6 +336,14 @@ class EngineMonitor:
                     self._full_pending = True
                 self._stop.wait(self.retry_interval)
                 continue
+            except Exception:
+                # A bug or an engine reply we did not expect must not end the sync thread:
+                # the window would freeze on stale rows. Log it and re-list later.
+                log.exception("refresh failed unexpectedly")
+                with self._cond:
+                    self._full_pending = True
+                self._stop.wait(self.retry_interval)
+                continue
             if full:
                 next_reconcile = time.monotonic() + self.reconcile_interval
             else:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 
+import pytest
+import requests.exceptions
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -87,3 +90,61 @@ def test_dispatch_queue_is_bounded(monkeypatch: object) -> None:
     assert len(mon._events) == mod_max and mon._events[0].id == "id5"
     assert mon._last_event_time == (mod_max + 5) / 1e9
     assert f"id{mod_max + 4}" in mon._dirty_containers
+
+
+def test_an_unexpected_refresh_error_does_not_end_the_sync_thread() -> None:
+    from vm_backend.engine import monitor as mod
+
+    calls: list[int] = []
+    listed = threading.Event()
+
+    class Client:
+        images = volumes = containers = list
+
+        def networks(self) -> list[object]:
+            calls.append(1)
+            if len(calls) == 1:
+                raise ValueError("a reply the client did not expect")
+            listed.set()
+            return []
+
+    class Listener:
+        def on_connection(self, connected: bool, reason: str) -> None: ...
+        def on_diff(self, diff: Diff[object]) -> None: ...
+        def on_event(self, event: Event) -> None: ...
+
+    mon = mod.EngineMonitor(
+        Client(),  # type: ignore[arg-type]
+        Listener(),
+        kinds=("network",),
+        retry_interval=0.01,
+    )
+    mon._full_pending = True
+    worker = threading.Thread(target=mon._work_loop, daemon=True)
+    worker.start()
+    try:
+        assert listed.wait(5), "the sync thread died on the first error"
+    finally:
+        mon._stop.set()
+        with mon._cond:
+            mon._cond.notify_all()
+        worker.join(5)
+    assert len(calls) >= 2
+
+
+def test_networks_reports_an_engine_gone_mid_list_as_unavailable() -> None:
+    from vm_backend.engine.client import EngineClient
+    from vm_backend.engine.errors import EngineUnavailable
+
+    client = EngineClient.__new__(EngineClient)
+
+    class Api:
+        def networks(self) -> list[dict[str, object]]:
+            return [{"Id": "n1", "Name": "podman"}]
+
+        def inspect_network(self, nid: str) -> dict[str, object]:
+            raise requests.exceptions.ConnectionError("socket gone")
+
+    client.api = Api()  # type: ignore[assignment]
+    with pytest.raises(EngineUnavailable):
+        client.networks()

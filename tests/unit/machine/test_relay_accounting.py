@@ -136,8 +136,12 @@ def ask(path: Path) -> bytes:
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(10)
         s.connect(str(path))
-        s.sendall(b"question")
-        s.shutdown(socket.SHUT_WR)
+        try:
+            s.sendall(b"question")
+            s.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            # The relay cut us before we asked (its pump could not start): no answer.
+            return b""
         out = b""
         try:
             while chunk := s.recv(100):
