@@ -560,10 +560,11 @@ class MachinePage(QWidget):
             ov.set_value("memory", f"{spec.get('memory_mib', '—')} MiB")
             ov.set_value("disk", f"{spec.get('disk_gib', '—')} GiB")
             running_now = state in SHELL_STATES
+            run_id = doc.get("pid") if running_now else None
             if spec != self.settings.spec and not self.settings.changes():
-                self.settings.set_spec(spec, running_now)
+                self.settings.set_spec(spec, running_now, run_id)
             else:
-                self.settings.set_running(running_now)
+                self.settings.set_running(running_now, run_id)
         ov.set_value("uptime", format_uptime(doc.get("uptime_s")))
         ov.set_value("ssh", str(doc.get("ssh_port") or "—"))
         ov.set_value("socket", str(doc.get("socket") or "—"))

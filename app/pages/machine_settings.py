@@ -376,12 +376,15 @@ class SettingsPanel(QWidget):
         self.revert_button.clicked.connect(self._revert)
         self.restart_button.clicked.connect(self.restart_requested)
         self._saving = False
+        self._run_id: object = None  # the VM run shown (QEMU's pid), None when not running
+        self._awaiting_start = False  # saved changes wait for a run other than _saved_run
+        self._saved_run: object = None
         self._check()
 
-    def set_spec(self, spec: dict[str, Any], running: bool) -> None:
+    def set_spec(self, spec: dict[str, Any], running: bool, run_id: object = None) -> None:
         """Show ``spec`` (the one on disk); discards unsaved edits."""
         self.spec = dict(spec)
-        self.running = running
+        self._note_run(running, run_id)
         values = SettingsValues.from_spec(spec)
         for widget in (self.cpus, self.memory, self.disk, self.accel):
             widget.blockSignals(True)
@@ -395,12 +398,25 @@ class SettingsPanel(QWidget):
         self.shares.set_shares(values.shares)
         self._check()
 
-    def set_running(self, running: bool) -> None:
-        """The VM's state changed (status polls call this often: it keeps the message)."""
+    def set_running(self, running: bool, run_id: object = None) -> None:
+        """The VM's state changed (status polls call this often: it keeps the message).
+
+        ``run_id`` names the VM's current run (QEMU's pid): once a run other than the one
+        that was up when the changes were saved is running, they are in effect and the
+        "apply at the next start" note gives way.
+        """
+        self._note_run(running, run_id)
+        self._check()
+
+    def _note_run(self, running: bool, run_id: object) -> None:
         self.running = running
         if not running:
             self.restart_button.hide()
-        self._check()
+        if self._awaiting_start and running and run_id is not None and run_id != self._saved_run:
+            self._awaiting_start = False
+            self.restart_button.hide()
+            self.message.setText(self.tr("The saved changes are in effect since this start."))
+        self._run_id = run_id if running else None
 
     def values(self) -> SettingsValues:
         return SettingsValues(
@@ -421,7 +437,9 @@ class SettingsPanel(QWidget):
     def saved(self, spec: dict[str, Any]) -> None:
         """berthd accepted the changes."""
         self._saving = False
-        self.set_spec(spec, self.running)
+        self.set_spec(spec, self.running, self._run_id)
+        self._awaiting_start = True
+        self._saved_run = self._run_id
         if self.running:
             self.message.setText(
                 self.tr("Saved. The changes apply at the next start of the VM; it is running "

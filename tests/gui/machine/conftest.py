@@ -87,6 +87,7 @@ class FakeDaemon:
         self.console_text = "[    0.000000] Linux version 6.1.0\nberth login: root (automatic)\n"
         self.qemu_text = ""
         self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.runs = 0
         self.console_peers: list[socket.socket] = []
         self._lock = threading.Lock()
 
@@ -120,7 +121,8 @@ class FakeDaemon:
             if self.boot_error is not None:
                 self.doc = {**self.doc, "state": "stopped"}
                 raise self.boot_error
-            self.doc = status_doc("running", spec=self.doc["spec"])
+            self.runs += 1  # each start is a new QEMU process, with a pid of its own
+            self.doc = status_doc("running", spec=self.doc["spec"], pid=4242 + self.runs)
             return dict(self.doc)
         if method == "machine.stop":
             self.doc = status_doc("stopped", spec=self.doc["spec"])

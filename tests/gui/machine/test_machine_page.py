@@ -284,6 +284,10 @@ def test_settings_save_says_next_start_and_offers_restart(
     assert fake_daemon.methods().index("machine.stop") < fake_daemon.methods().index(
         "machine.start")
     qtbot.waitUntil(lambda: page.state == "running" and not page._busy, timeout=WAIT)
+    # The new run has the new settings: the "next start" note gives way by itself.
+    qtbot.waitUntil(lambda: "in effect" in panel.message.text(), timeout=WAIT)
+    assert panel.restart_button.isHidden()
+    assert "next start" not in panel.message.text()
 
 
 def test_settings_refusal_is_shown(qtbot: QtBot, fake_daemon: FakeDaemon) -> None:

@@ -107,3 +107,30 @@ def test_reset_keeping_data_without_a_disk_says_so(berth_home: Path) -> None:
     MachinePaths.for_machine("default", berth_home).state_dir.mkdir(parents=True)
     with pytest.raises(ResetError, match="no data disk"):
         reset_machine(daemon.client(), "default", keep_data=True, home=berth_home)
+
+
+def test_the_next_start_note_gives_way_only_to_a_new_run(qtbot: Any) -> None:
+    from app.pages.machine_settings import SettingsPanel
+
+    from .conftest import spec_doc
+
+    panel = SettingsPanel(LIMITS)
+    qtbot.addWidget(panel)
+    panel.set_spec(spec_doc(), running=True, run_id=100)
+    panel.cpus.setValue(3)
+    panel.saved(spec_doc(cpus=3))
+    assert "next start" in panel.message.text() and not panel.restart_button.isHidden()
+    panel.set_running(True, 100)  # status polls of the same run keep the note
+    assert "next start" in panel.message.text()
+    panel.set_running(False)
+    panel.set_running(True, 100)  # the pid of the old run: still the old settings
+    assert "next start" in panel.message.text()
+    panel.set_running(True, 101)
+    assert "in effect" in panel.message.text() and panel.restart_button.isHidden()
+    # Saved while stopped: the first run after it has the changes.
+    panel.set_running(False)
+    panel.memory.setValue(4096)
+    panel.saved(spec_doc(cpus=3, memory_mib=4096))
+    assert panel.message.text() == "Saved. The changes apply at the next start."
+    panel.set_running(True, 102)
+    assert "in effect" in panel.message.text()
