@@ -51,6 +51,7 @@ from app.pages.machine_terminal import ChannelLike, ConsoleTab, ShellTab
 from app.pages.machine_timeline import STAGE_KEYS, FailurePanel, TimelineView
 from app.pages.registry import register_page
 from app.vm_states import state_words
+from app.widgets.boxes import ask_destructive, plain_box
 from vm_backend.daemon.client import DaemonClient, DaemonError
 from vm_backend.daemon.reset import reset_machine
 from vm_backend.daemon.server import socket_path
@@ -854,26 +855,19 @@ class MachinePage(QWidget):
 
     # ---- delete / reset ------------------------------------------------------------------
     def confirm_delete(self) -> bool:
-        box = QMessageBox(self)
-        box.setIcon(QMessageBox.Icon.Warning)
-        box.setTextFormat(Qt.TextFormat.PlainText)
-        box.setWindowTitle(self.tr("Delete the helper VM"))
-        box.setText(self.tr(
-            "Delete the helper VM “{0}”? It is stopped first. Its data disk, with every "
-            "image, container and volume in it, is deleted."
-        ).format(self.name))
-        box.setStandardButtons(QMessageBox.StandardButton.Cancel)
-        delete = box.addButton(self.tr("Delete"), QMessageBox.ButtonRole.DestructiveRole)
-        box.exec()
-        return box.clickedButton() is delete
+        return ask_destructive(
+            self,
+            self.tr("Delete the helper VM"),
+            self.tr(
+                "Delete the helper VM “{0}”? It is stopped first. Its data disk, with every "
+                "image, container and volume in it, is deleted."
+            ).format(self.name),
+            self.tr("Delete"),
+        )
 
     def ask_reset(self) -> str:
         """"keep", "drop" or "" (cancelled)."""
-        box = QMessageBox(self)
-        box.setIcon(QMessageBox.Icon.Warning)
-        box.setTextFormat(Qt.TextFormat.PlainText)
-        box.setWindowTitle(self.tr("Reset to factory"))
-        box.setText(self.tr(
+        box = plain_box(self, self.tr("Reset to factory"), self.tr(
             "Reset the helper VM to its factory state? It is stopped, and its keys, logs and "
             "settings files are made new (the CPU, memory and disk sizes stay).\n\n"
             "Keep the data disk to keep your images, containers and volumes."

@@ -27,7 +27,6 @@ from PySide6.QtWidgets import (
     QCheckBox,
     QHBoxLayout,
     QHeaderView,
-    QMessageBox,
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
@@ -36,6 +35,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.pages.details._base import plain_label
+from app.widgets.boxes import ask_destructive
 
 COLUMNS = ("Container", "Guest port", "Host address", "Host port", "Protocol", "State",
            "Connections")
@@ -310,11 +310,7 @@ class PortsTab(QWidget):
 
     # ---- LAN opt-in ----------------------------------------------------------------------
     def confirm_expose(self) -> bool:
-        box = QMessageBox(self)
-        box.setIcon(QMessageBox.Icon.Warning)
-        box.setTextFormat(Qt.TextFormat.PlainText)
-        box.setWindowTitle(self.tr("Expose ports to the network"))
-        box.setText(self.tr(
+        return ask_destructive(self, self.tr("Expose ports to the network"), self.tr(
             "Expose published ports to the local network?\n\n"
             "Ports that containers publish on all interfaces (docker run -p 8080:80) will "
             "be reachable by every computer that can reach this one, not just by you. "
@@ -322,12 +318,7 @@ class PortsTab(QWidget):
             "is then open to them, usually without a password.\n\n"
             "Ports published on one address (-p 127.0.0.1:8080:80) stay private. The change "
             "applies at the VM's next start."
-        ))
-        box.setStandardButtons(QMessageBox.StandardButton.Cancel)
-        expose = box.addButton(self.tr("Expose"), QMessageBox.ButtonRole.DestructiveRole)
-        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
-        box.exec()
-        return box.clickedButton() is expose
+        ), self.tr("Expose"))
 
     def _lan_clicked(self, checked: bool) -> None:
         # The box shows the saved value until berthd accepts the change.
