@@ -41,7 +41,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -56,6 +56,7 @@ from vm_backend.errors import BerthError
 from vm_backend.guest.agent import SOCKET_PATH as AGENT_SOCKET
 from vm_backend.guest.agent import FrameReader, ProtocolError, encode, frame
 from vm_backend.machine.agent import GuestPort
+from vm_backend.machine.qmp import QmpError
 from vm_backend.machine.relay import ChannelOpener, EngineSocketRelay
 
 log = logging.getLogger(__name__)
@@ -74,12 +75,24 @@ STATE_UDP = "udp: not forwarded yet"
 STOP_TIMEOUT = 1.0
 UDP_FLOW_IDLE_S = 60.0  # a UDP client silent this long loses its flow (like docker-proxy)
 UDP_MAX_FLOWS = 64  # per port; the oldest flow is dropped beyond
+VIA_HOSTFWD = "hostfwd"  # a QEMU slirp rule (QMP hostfwd_add): bytes never touch SSH
+VIA_SSH = "ssh"  # a host listener here, one SSH channel per connection (or UDP flow)
 
 
 class TcpOpener(Protocol):
     """What the forwarder needs from the SSH session (``GuestSSH``; tests fake it)."""
 
     def direct_tcpip(self, host: str, port: int) -> Channel: ...
+
+
+class HostForwards(Protocol):
+    """QEMU's user-net forwards (a :class:`~vm_backend.machine.qmp.SyncQmp`; tests fake it)."""
+
+    def hostfwd_add(self, proto: str, host_addr: str, host_port: int, guest_port: int) -> None: ...
+
+    def hostfwd_remove(self, proto: str, host_addr: str, host_port: int) -> None: ...
+
+    def usernet_info(self) -> str: ...
 
 
 class UnixOpener(Protocol):
@@ -99,8 +112,11 @@ class ForwardedPort:
     host_address: str
     host_port: int
     state: str  # "listening" | "conflict: …" | "error: …" | "udp: not forwarded yet"
-    connections: int  # TCP connections, or UDP flows (client addresses) open now
+    # TCP connections, or UDP flows (client addresses) open now; None when not known
+    # (a UDP port forwarded by QEMU's hostfwd: slirp keeps no flow per client).
+    connections: int | None
     source: str = "engine"  # "engine" or "listener" (a guest program; no container)
+    via: str = VIA_SSH  # "hostfwd" (QEMU's slirp rule) or "ssh" (this process's listener)
 
 
 class _PortListener(EngineSocketRelay):
@@ -326,9 +342,35 @@ def _display(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
+def parse_usernet_connections(text: str) -> dict[tuple[str, int], int]:
+    """Open hostfwd TCP connections per host ``(address, port)`` from HMP ``info usernet``.
+
+    A connection slirp accepted for a rule is a ``TCP[ESTABLISHED]`` (or any state but
+    ``HOST_FORWARD``, the rule's own listening socket) line whose source is the host
+    address and port it was accepted on, e.g.
+    ``TCP[ESTABLISHED]  12       127.0.0.1 18080       10.0.2.15    80     0     0``.
+    The guest's own outgoing connections show their remote peer there instead; those in
+    slirp's ``10.0.2.0/24`` (the guest reaching the host as 10.0.2.2) are skipped so a
+    rule on ``0.0.0.0`` does not count them.
+    """
+    counts: dict[tuple[str, int], int] = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 4 or not fields[0].startswith("TCP["):
+            continue
+        if fields[0] == "TCP[HOST_FORWARD]":
+            continue
+        address, port = fields[2], fields[3]
+        if not port.isdigit() or address.startswith("10.0.2."):
+            continue
+        key = (address, int(port))
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 @dataclass
 class _Forward:
-    """The host side of one published TCP port (or the row of an unforwarded UDP one)."""
+    """The host side of one published port (or the row of an unforwarded UDP one)."""
 
     container_id: str
     container_name: str
@@ -339,10 +381,24 @@ class _Forward:
     host_port: int
     state: str = ""
     source: str = "engine"
+    via: str = VIA_SSH
     retry_at: float = 0.0  # monotonic time before which a failed bind is not retried
     listeners: list[_PortListener | _UdpRelay] = field(default_factory=list)
+    rule: bool = False  # a hostfwd rule on (host_address, host_port) is in QEMU now
 
-    def row(self) -> ForwardedPort:
+    def row(self, usernet: dict[tuple[str, int], int] | None) -> ForwardedPort:
+        connections: int | None = sum(lis.active_connections for lis in self.listeners)
+        if self.rule:
+            if self.protocol != "tcp" or usernet is None:
+                connections = None
+            else:
+                assert connections is not None
+                if self.host_address == ALL_V4:
+                    connections += sum(
+                        n for (_a, p), n in usernet.items() if p == self.host_port
+                    )
+                else:
+                    connections += usernet.get((self.host_address, self.host_port), 0)
         return ForwardedPort(
             container_id=self.container_id,
             container_name=self.container_name,
@@ -351,8 +407,9 @@ class _Forward:
             host_address=self.host_address,
             host_port=self.host_port,
             state=self.state,
-            connections=sum(lis.active_connections for lis in self.listeners),
+            connections=connections,
             source=self.source,
+            via=self.via,
         )
 
 
@@ -377,8 +434,15 @@ class PortForwarder:
         host_port_offset: int = 0,
         udp: bool = False,
         retry_interval_s: float = 0.0,
+        hostfwd: HostForwards | None = None,
+        reserved_ports: Collection[int] = (),
     ) -> None:
         self.ssh = ssh
+        # QEMU's slirp forwards for ports the guest publishes on all its interfaces; None:
+        # every port through SSH. reserved_ports: host ports whose QEMU rule is never ours
+        # to remove (the VM's own SSH forward).
+        self.hostfwd = hostfwd
+        self.reserved_ports = frozenset(reserved_ports)
         self.engine_url = engine_url
         self.expose_on_lan = expose_on_lan
         self.host_port_offset = host_port_offset
@@ -442,7 +506,10 @@ class PortForwarder:
 
     def table(self) -> list[ForwardedPort]:
         with self._lock:
-            rows = [fwd.row() for fwd in self._forwards.values()]
+            counted = any(f.rule and f.protocol == "tcp" for f in self._forwards.values())
+        usernet = self._usernet() if counted else None
+        with self._lock:
+            rows = [fwd.row(usernet) for fwd in self._forwards.values()]
         return sorted(rows, key=lambda r: (r.host_port, r.protocol, r.container_name))
 
     # ---- MonitorListener ------------------------------------------------------------------
@@ -468,6 +535,32 @@ class PortForwarder:
             self._apply()
 
     # ---- internals ------------------------------------------------------------------------
+    def _usernet(self) -> dict[tuple[str, int], int] | None:
+        """Connections per hostfwd rule from ``info usernet``; None if QEMU cannot say."""
+        hostfwd = self.hostfwd
+        if hostfwd is None:
+            return None
+        try:
+            return parse_usernet_connections(hostfwd.usernet_info())
+        except (BerthError, RuntimeError, OSError) as exc:
+            log.debug("info usernet failed: %s", exc)
+            return None
+
+    def _via(self, p: GuestPort) -> str:
+        # Only what the guest serves on its network interface can take a QEMU rule: the
+        # engine's ports published on all interfaces (dockerd's proxy and NAT listen on
+        # 0.0.0.0 in the guest). A container's explicit address (127.0.0.1:8080:80) and a
+        # guest program's listener (maybe on the guest's loopback only) go through SSH,
+        # which reaches the guest's 127.0.0.1.
+        if (
+            self.hostfwd is not None
+            and p.source == "engine"
+            and p.host_ip in _ALL_INTERFACES
+            and p.protocol in ("tcp", "udp")
+        ):
+            return VIA_HOSTFWD
+        return VIA_SSH
+
     def _published(self) -> list[GuestPort]:
         if self._guest_ports is not None:
             return list(self._guest_ports)
@@ -508,11 +601,14 @@ class PortForwarder:
                 host_address=ALL_V4 if all_ifaces else LOOPBACK_V4,
                 host_port=p.port + self.host_port_offset,
                 source=p.source,
+                via=self._via(p),
             )
         return wanted
 
-    def _forwarded(self, protocol: str) -> bool:
-        return protocol == "tcp" or (protocol == "udp" and self.udp)
+    def _forwarded(self, fwd: _Forward) -> bool:
+        if fwd.protocol == "tcp":
+            return True
+        return fwd.protocol == "udp" and (self.udp or fwd.via == VIA_HOSTFWD)
 
     def _apply(self) -> None:
         """Make ``_forwards`` match ``_wanted()`` (called with the lock held)."""
@@ -521,16 +617,17 @@ class PortForwarder:
             self._close(self._forwards.pop(key))
         for key, want in wanted.items():
             have = self._forwards.get(key)
-            if have is not None and (have.host_address, have.host_port) == (
+            if have is not None and (have.host_address, have.host_port, have.via) == (
                 want.host_address,
                 want.host_port,
+                want.via,
             ):
                 have.container_id, have.container_name = want.container_id, want.container_name
                 have.guest_port = want.guest_port
                 have.source = want.source
                 if (
                     have.state != STATE_LISTENING
-                    and self._forwarded(have.protocol)
+                    and self._forwarded(have)
                     and time.monotonic() >= have.retry_at
                 ):
                     self._open(have)  # a conflict or error: try again on every diff
@@ -538,7 +635,7 @@ class PortForwarder:
             if have is not None:
                 self._close(have)
             self._forwards[key] = want
-            if self._forwarded(want.protocol):
+            if self._forwarded(want):
                 self._open(want)
             else:
                 want.state = (
@@ -557,17 +654,21 @@ class PortForwarder:
             fwd.state = f"error: {where} is not a {fwd.protocol.upper()} port"
             return
         except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                fwd.state = f"conflict: {where} is in use by another program"
-            elif exc.errno == errno.EACCES:
-                fwd.state = (
-                    f"error: not allowed to listen on {where} (ports below 1024 need"
-                    " privileges on this host)"
-                )
-            else:
-                fwd.state = f"error: cannot listen on {where}: {exc.strerror or exc}"
-            if fwd.state != previous:
-                log.warning("published port %s/%s: %s", fwd.host_port, fwd.protocol, fwd.state)
+            if (
+                exc.errno == errno.EADDRINUSE
+                and fwd.via == VIA_HOSTFWD
+                and self._remove_stale_rule(fwd)
+            ):
+                self._open(fwd)  # the port was held by our own rule from a previous berthd
+                return
+            self._bind_failed(fwd, where, exc, previous)
+            return
+        if fwd.via == VIA_HOSTFWD:
+            # The bind above was the check (a busy port gives the kernel's plain errno, and
+            # UDP is bound without SO_REUSEADDR, which slirp's own socket would not catch);
+            # QEMU binds the same address right after.
+            primary.close()
+            self._open_hostfwd(fwd, where, previous)
             return
         if udp:
             relay = _UdpRelay(cast(UnixOpener, self.ssh), primary, fwd.engine_port)
@@ -598,7 +699,77 @@ class PortForwarder:
         )
 
     @staticmethod
-    def _close(fwd: _Forward) -> None:
+    def _bind_failed(fwd: _Forward, where: str, exc: OSError, previous: str) -> None:
+        if exc.errno == errno.EADDRINUSE:
+            fwd.state = f"conflict: {where} is in use by another program"
+        elif exc.errno == errno.EACCES:
+            fwd.state = (
+                f"error: not allowed to listen on {where} (ports below 1024 need"
+                " privileges on this host)"
+            )
+        else:
+            fwd.state = f"error: cannot listen on {where}: {exc.strerror or exc}"
+        if fwd.state != previous:
+            log.warning("published port %s/%s: %s", fwd.host_port, fwd.protocol, fwd.state)
+
+    def _open_hostfwd(self, fwd: _Forward, where: str, previous: str) -> None:
+        hostfwd = self.hostfwd
+        assert hostfwd is not None
+        try:
+            hostfwd.hostfwd_add(fwd.protocol, fwd.host_address, fwd.host_port, fwd.engine_port)
+        except (QmpError, RuntimeError, OSError) as exc:
+            # QEMU's own words ("Could not set up host forwarding rule 'tcp:…'"): the port
+            # was taken between our check and QEMU's bind, or QMP is gone.
+            text = exc.message if isinstance(exc, QmpError) else str(exc)
+            fwd.state = f"conflict: {where}: {text}"
+            if fwd.state != previous:
+                log.warning("published port %s/%s: %s", fwd.host_port, fwd.protocol, fwd.state)
+            return
+        fwd.rule = True
+        if fwd.protocol == "tcp" and fwd.host_address == LOOPBACK_V4:
+            # QEMU 7.2's hostfwd takes IPv4 addresses only ("Bad host address" for
+            # [::1]): clients resolving "localhost" to ::1 first get an SSH listener there.
+            try:
+                v6 = _bind(LOOPBACK_V6, fwd.host_port)
+            except OSError as exc:
+                log.debug("published port %s: not on [::1]: %s", fwd.host_port, exc)
+            else:
+                lis = _PortListener(self.ssh, v6, fwd.engine_port)
+                fwd.listeners = [lis]
+                lis.start()
+        fwd.state = STATE_LISTENING
+        log.info(
+            "published port %s/%s -> %s:%s (%s) by a QEMU hostfwd rule",
+            where, fwd.protocol, fwd.container_name, fwd.guest_port, fwd.container_id[:12],
+        )
+
+    def _remove_stale_rule(self, fwd: _Forward) -> bool:
+        """Remove a rule of ours left in QEMU (berthd restarted without stopping the VM).
+
+        True when QEMU had a rule on exactly this address and port (it answers "not
+        found" otherwise: then another program holds the port). Never for the VM's SSH
+        forward.
+        """
+        hostfwd = self.hostfwd
+        if hostfwd is None or fwd.rule or fwd.host_port in self.reserved_ports:
+            return False
+        try:
+            hostfwd.hostfwd_remove(fwd.protocol, fwd.host_address, fwd.host_port)
+        except (QmpError, RuntimeError, OSError):
+            return False
+        log.info("removed a stale hostfwd rule on %s/%s", fwd.host_port, fwd.protocol)
+        return True
+
+    def _close(self, fwd: _Forward) -> None:
         listeners, fwd.listeners = fwd.listeners, []
         for lis in listeners:
             lis.stop(STOP_TIMEOUT)
+        if fwd.rule:
+            fwd.rule = False
+            hostfwd = self.hostfwd
+            assert hostfwd is not None
+            try:
+                hostfwd.hostfwd_remove(fwd.protocol, fwd.host_address, fwd.host_port)
+            except (QmpError, RuntimeError, OSError) as exc:
+                # QEMU is gone (the VM stopped): so is the rule.
+                log.debug("hostfwd_remove %s/%s: %s", fwd.host_port, fwd.protocol, exc)

@@ -33,6 +33,7 @@ _QUIET_CONNECT_LOG.setLevel(logging.CRITICAL)
 
 WATCHED_EVENTS = ("SHUTDOWN", "POWERDOWN", "RESET", "STOP", "RESUME", "BLOCK_IO_ERROR")
 DEFAULT_COMMAND_TIMEOUT = 10.0
+_HOSTFWD_WAIT = DEFAULT_COMMAND_TIMEOUT + 2.0
 
 
 class QmpError(BerthError):
@@ -330,14 +331,25 @@ class SyncQmp:
     def human_monitor_command(self, command_line: str) -> str:
         return self._loop.run(self.monitor.human_monitor_command(command_line))
 
+    # The hostfwd calls come from the port forwarder's threads while the VM may be going
+    # away: bounded, so a loop that has stopped turns into a TimeoutError, never a hang.
     def hostfwd_add(
         self, proto: str, host_addr: str, host_port: int, guest_port: int, netdev: str = "net0"
     ) -> None:
-        self._loop.run(self.monitor.hostfwd_add(proto, host_addr, host_port, guest_port, netdev))
+        self._loop.run(
+            self.monitor.hostfwd_add(proto, host_addr, host_port, guest_port, netdev),
+            _HOSTFWD_WAIT,
+        )
 
     def hostfwd_remove(self, proto: str, host_addr: str, host_port: int,
                        netdev: str = "net0") -> None:
-        self._loop.run(self.monitor.hostfwd_remove(proto, host_addr, host_port, netdev))
+        self._loop.run(
+            self.monitor.hostfwd_remove(proto, host_addr, host_port, netdev), _HOSTFWD_WAIT
+        )
+
+    def usernet_info(self) -> str:
+        """HMP ``info usernet``: slirp's sockets (rules and their connections), as text."""
+        return self._loop.run(self.monitor.human_monitor_command("info usernet"), _HOSTFWD_WAIT)
 
     def close(self) -> None:
         if not self._loop.loop.is_closed():
