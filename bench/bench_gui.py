@@ -376,6 +376,25 @@ class _BareHeartbeat:
         return list(zip(data["at"], data["late_ms"], strict=True))
 
 
+def _thread_cpu() -> dict[str, float]:
+    """CPU seconds of each live thread of this process, by thread name (readers summed)."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                ns = int(f.read().split()[0])  # time on a CPU, nanoseconds
+        except (OSError, ValueError, IndexError):
+            continue  # the thread ended meanwhile
+        name = names.get(int(tid), "other")
+        if name.startswith("berth-stats-") and name != "berth-stats-control":
+            name = "berth-stats readers"
+        elif name.startswith("berth-op"):
+            name = "berth-op pool"
+        out[name] = out.get(name, 0.0) + ns / 1e9
+    return out
+
+
 def _between(samples: list[tuple[float, float]], t0: float, t1: float) -> list[float]:
     return [ms for at, ms in samples if t0 <= at <= t1]
 
@@ -426,6 +445,7 @@ def bench_stall(
     hb.start()
     t0 = time.perf_counter()
     churn0 = time.monotonic()
+    cpu0 = _thread_cpu()
     trace = _SlotTrace(slots)
     with _Profile(profile), trace:
         def failed() -> bool:
@@ -438,6 +458,11 @@ def bench_stall(
         all_exited = _run_until(lambda: failed() or ("stopped" in phase and states("exited")), 900)
         phase["model_exited"] = time.perf_counter() - t0
     churn1 = time.monotonic()
+    cpu1 = _thread_cpu()
+    threads_cpu = {
+        name: round((sec - cpu0.get(name, 0.0)) / (churn1 - churn0) * 100, 2)
+        for name, sec in sorted(cpu1.items(), key=lambda kv: -(kv[1] - cpu0.get(kv[0], 0.0)))
+    }
     loaded = hb.stop()
     bare_ticks = bare.stop()
     bare_idle = _between(bare_ticks, idle0, idle1)
@@ -463,6 +488,7 @@ def bench_stall(
         "bare_p99_ms": percentile(bare_loaded, 99),
         "bare_max_ms": max(bare_loaded) if bare_loaded else 0.0,
         "bare_ticks": len(bare_loaded),
+        "threads_cpu_percent": threads_cpu,
         "engine_start_s": phase.get("started", 0.0),
         "engine_stop_s": phase.get("stopped", 0.0),
         "model_all_running_s": phase["model_running"],
@@ -762,6 +788,9 @@ def main() -> int:
                 f"{s['model_all_exited_s']:.1f} s"
                 + ("" if s["model_caught_up"] else " (TIMED OUT waiting for the model)")
             )
+            print("    CPU of the window's threads during the churn (% of a core): " + ", ".join(
+                f"{name} {pct:.1f}" for name, pct in s["threads_cpu_percent"].items() if pct >= 0.05
+            ))
         if args.only in (None, "cold"):
             create_containers(url, args.cold_n)
             runs: list[float] = []

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from PySide6.QtCore import (
+    QAbstractItemModel,
     QAbstractTableModel,
     QModelIndex,
     QModelRoleData,
@@ -160,6 +161,11 @@ class ContainersModel(QAbstractTableModel):
         self._rows: dict[str, int] = {}
         self._stats: dict[str, StatsSample] = {}
         self._busy: dict[str, str] = {}
+        # What multiData() answered per row and (column, role), until the row changes:
+        # a repaint asks seven roles of every cell on screen, and answering from here
+        # costs a fraction of working each one out again (see multiData).
+        self._cells: dict[str, dict[int, Any]] = {}
+        self._running = 0  # how many rows are running (the page's count, kept as rows change)
         self._session: EngineSession | None = None
         self._muted = QColor(128, 128, 128)
         self._link = QColor(38, 110, 220)
@@ -175,10 +181,12 @@ class ContainersModel(QAbstractTableModel):
         self._session = session
         self.beginResetModel()
         self._ids, self._items, self._stats, self._busy = [], {}, {}, {}
+        self._cells, self._running = {}, 0
         if session is not None:
             for c in session.snapshot("container"):
                 self._ids.append(c.id)
                 self._items[c.id] = c
+                self._running += c.running
         self._reindex()
         self.endResetModel()
         if session is not None:
@@ -214,8 +222,11 @@ class ContainersModel(QAbstractTableModel):
         known = [c for c in containers if c.id in self._items]
         changed_cols: set[int] = set()
         for c in known:
-            changed_cols |= _changed_columns(self._items[c.id], c)
+            old = self._items[c.id]
+            changed_cols |= _changed_columns(old, c)
+            self._running += c.running - old.running
             self._items[c.id] = c
+            self._cells.pop(c.id, None)
             if not c.running:
                 self._stats.pop(c.id, None)
         if changed_cols:
@@ -231,6 +242,7 @@ class ContainersModel(QAbstractTableModel):
                 self._rows[c.id] = len(self._ids)
                 self._ids.append(c.id)
                 self._items[c.id] = c
+                self._running += c.running
             self.endInsertRows()
 
     def remove_ids(self, ids: Iterable[str]) -> None:
@@ -241,9 +253,11 @@ class ContainersModel(QAbstractTableModel):
         for first, last in reversed(_ranges(rows)):
             self.beginRemoveRows(QModelIndex(), first, last)
             for cid in self._ids[first : last + 1]:
-                self._items.pop(cid, None)
+                gone = self._items.pop(cid, None)
+                self._running -= gone is not None and gone.running
                 self._stats.pop(cid, None)
                 self._busy.pop(cid, None)
+                self._cells.pop(cid, None)
             del self._ids[first : last + 1]
             self.endRemoveRows()
         self._reindex()
@@ -255,6 +269,7 @@ class ContainersModel(QAbstractTableModel):
                 continue
             old = self._stats.get(cid)
             self._stats[cid] = sample
+            self._cells.pop(cid, None)
             # An idle container's figures rarely change as shown: repaint only when
             # the text (or the sort value) would differ.
             if old is None or (
@@ -272,6 +287,7 @@ class ContainersModel(QAbstractTableModel):
             self._busy[cid] = text
         else:
             self._busy.pop(cid, None)
+        self._cells.pop(cid, None)
         if cid in self._rows:
             self._emit_changed([self._rows[cid]])
 
@@ -290,6 +306,10 @@ class ContainersModel(QAbstractTableModel):
 
     def containers(self) -> list[Container]:
         return [self._items[i] for i in self._ids]
+
+    def running_count(self) -> int:
+        """How many rows are running (kept as rows change: no walk over the rows)."""
+        return self._running
 
     def container_at_row(self, row: int) -> Container | None:
         if 0 <= row < len(self._ids):
@@ -323,10 +343,8 @@ class ContainersModel(QAbstractTableModel):
             return COLUMNS[section]
         return None
 
-    def flags(self, index: Index) -> Qt.ItemFlag:
-        if not index.isValid():
-            return Qt.ItemFlag.NoItemFlags
-        return Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
+    # No flags() here: QAbstractTableModel's own answers the same (enabled and selectable,
+    # nothing for an invalid index) without a call into Python for every painted cell.
 
     def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         try:
@@ -346,17 +364,33 @@ class ContainersModel(QAbstractTableModel):
 
         Qt 6's item delegates fetch a cell's roles through ``multiData``; the default goes
         back to Python once per role, and each return into Python has to take the GIL,
-        which other threads may hold: one call per cell instead of seven.
+        which other threads may hold: one call per cell instead of seven. The answers are
+        kept per row until the row, its stats or its busy mark change, so repainting the
+        rows on screen (every burst of changes repaints the viewport) mostly looks them up.
         """
         try:
-            c: Container | None = None
-            col = index.column()
-            if index.isValid() and not index.parent().isValid():
-                row = index.row()
-                if 0 <= row < len(self._ids) and 0 <= col < len(COLUMNS):
-                    c = self._items[self._ids[row]]
+            row, col = index.row(), index.column()
+            cid = (
+                self._ids[row]
+                if index.isValid() and 0 <= row < len(self._ids) and 0 <= col < len(COLUMNS)
+                else None
+            )
+            if cid is None:
+                for role_data in _role_data(roleDataSpan):
+                    role_data.setData(None)
+                return
+            cells = self._cells.get(cid)
+            if cells is None:
+                cells = self._cells[cid] = {}
+            base = col << 16
             for role_data in _role_data(roleDataSpan):
-                role_data.setData(None if c is None else self._data(c, col, role_data.role()))
+                role = role_data.role()
+                key = base | role
+                if key in cells:
+                    value = cells[key]
+                else:
+                    value = cells[key] = self._data(self._items[cid], col, role)
+                role_data.setData(value)
         except Exception:  # a view must never see an exception
             log.exception("containers model multiData() failed")
 
@@ -458,6 +492,7 @@ class ContainersProxy(QSortFilterProxyModel):
         super().__init__(parent)
         self._search = ""
         self._state = "all"
+        self._containers: ContainersModel | None = None
         self.setSortRole(SORT_ROLE)
         self.setDynamicSortFilter(True)
 
@@ -495,11 +530,15 @@ class ContainersProxy(QSortFilterProxyModel):
         else:
             self.invalidateFilter()
 
+    def setSourceModel(self, model: QAbstractItemModel) -> None:
+        super().setSourceModel(model)
+        self._containers = model if isinstance(model, ContainersModel) else None
+
     def multiData(self, index: Index, roleDataSpan: RoleData) -> None:
         # QSortFilterProxyModel answers multiData with one data() call per role; hand the
         # whole span to the source model instead (see ContainersModel.multiData).
-        model = self.sourceModel()
-        if isinstance(model, ContainersModel):
+        model = self._containers
+        if model is not None:
             model.multiData(self.mapToSource(index), roleDataSpan)
         else:
             super().multiData(index, roleDataSpan)

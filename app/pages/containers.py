@@ -564,7 +564,7 @@ class ContainersPage(QWidget):
     def _model_changed(self) -> None:
         self._update_actions()
         total, shown = self.model.rowCount(), self.proxy.rowCount()
-        running = sum(1 for c in self.model.containers() if c.running)
+        running = self.model.running_count()
         text = f"{total} containers, {running} running"
         if shown != total:
             text = f"{shown} of {text}"
