@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from vm_backend.daemon.service import MachineService
@@ -133,6 +134,28 @@ def row(svc: MachineService, port: int, protocol: str) -> dict[str, object] | No
     return None
 
 
+def qemu_listens(svc: MachineService, port: int) -> list[str]:
+    """Addresses QEMU's own process has bound on ``port`` (TCP listen or UDP)."""
+    pid = svc.machine.status().pid
+    assert pid is not None
+    return sorted(
+        c.laddr.ip
+        for c in psutil.Process(pid).net_connections(kind="inet")
+        if c.laddr.port == port and c.status in (psutil.CONN_LISTEN, psutil.CONN_NONE)
+    )
+
+
+def usernet_rules(svc: MachineService, port: int) -> int:
+    """QEMU's hostfwd rules on host ``port`` (HMP ``info usernet``)."""
+    qmp = svc.machine.qmp
+    assert qmp is not None
+    return sum(
+        1
+        for line in qmp.usernet_info().splitlines()
+        if "[HOST_FORWARD]" in line and line.split()[3] == str(port)
+    )
+
+
 def guest_clock_error(svc: MachineService) -> float:
     """Guest minus host wall clock, seen over SSH (the exec's latency bounds the error)."""
     before = time.time()
@@ -180,12 +203,17 @@ def test_tcp_port_published_then_closed(svc: MachineService) -> None:
     r = row(svc, TCP_PORT, "tcp")
     assert r is not None and r["state"] == "listening"
     assert r["container_name"] == "agent-httpd" and r["guest_port"] == 80
+    # Served by a QEMU hostfwd rule (docs/ports.md): QEMU holds 127.0.0.1, slirp lists it.
+    assert r["via"] == "hostfwd", r
+    assert qemu_listens(svc, TCP_PORT) == ["127.0.0.1"]
+    assert usernet_rules(svc, TCP_PORT) == 1
     stop = docker(svc, "rm", "-f", "agent-httpd")
     assert stop.returncode == 0, stop.stderr
     stopped = time.monotonic()
     assert wait_for(lambda: not listening(TCP_PORT), 60) is not None
     print(f"host port closed {time.monotonic() - stopped:.2f} s after docker rm -f")
     assert row(svc, TCP_PORT, "tcp") is None
+    assert usernet_rules(svc, TCP_PORT) == 0  # the rule is removed, not just unused
 
 
 def test_udp_published_and_forwarded(svc: MachineService) -> None:
@@ -216,10 +244,14 @@ def test_udp_published_and_forwarded(svc: MachineService) -> None:
         ), svc.status_json()["ports"]
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe, pytest.raises(OSError):
             probe.bind(("127.0.0.1", UDP_CONTAINER_PORT))
+        # A container's port on all interfaces: a QEMU hostfwd rule, QEMU's socket.
+        assert (row(svc, UDP_CONTAINER_PORT, "udp") or {}).get("via") == "hostfwd"
+        assert qemu_listens(svc, UDP_CONTAINER_PORT) == ["127.0.0.1"]
         # A guest program's UDP port, found in the guest's socket table: round trips.
         assert wait_for(lambda: row(svc, UDP_GUEST_PORT, "udp") is not None, 60) is not None
         r = row(svc, UDP_GUEST_PORT, "udp")
         assert r is not None and r["source"] == "listener" and r["container_name"] == "python3"
+        assert r["via"] == "ssh"  # a guest program's listener: through the agent (SSH)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
             client.settimeout(2)
             answers = []

@@ -230,6 +230,10 @@ class MachineService:
                     expose_on_lan=machine.spec.expose_ports_on_lan,
                     udp=has_agent,
                     retry_interval_s=5.0 if has_agent else 0.0,
+                    # QEMU hostfwd rules for ports the guest publishes on all its
+                    # interfaces (docs/ports.md); never touching the SSH forward's rule.
+                    hostfwd=machine.qmp,
+                    reserved_ports=(status.ssh_port,),
                 )
                 try:
                     ports.start()

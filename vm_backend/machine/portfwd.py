@@ -1,12 +1,18 @@
-"""Published container ports on the host's localhost, forwarded into the VM over SSH.
+"""Published container ports on the host's localhost: QEMU hostfwd rules or SSH forwards.
 
-In the VM, dockerd's proxy listens on the guest's ``127.0.0.1:HOST_PORT`` for every port a
-container publishes (``-p 8080:80``). :class:`PortForwarder` watches the VM's engine (an
-:class:`EngineMonitor` on the host socket that berthd serves) and keeps, for each running
-container's published TCP port, exactly one host listener on ``127.0.0.1:HOST_PORT`` (and
-``[::1]`` when the host has IPv6 loopback). Each accepted connection becomes one
-``direct-tcpip`` channel to the guest's ``127.0.0.1:HOST_PORT`` on the VM's single SSH
-transport, pumped both ways with half-close.
+In the VM, dockerd listens on ``HOST_PORT`` for every port a container publishes (``-p
+8080:80``). :class:`PortForwarder` keeps, for each published port, exactly one host side
+on ``127.0.0.1:HOST_PORT``, one of two ways (docs/ports.md; measured in
+docs/benchmarks-ports.md):
+
+* a **QEMU hostfwd rule** (QMP ``hostfwd_add``, given ``hostfwd=``) for an engine port
+  published on all the guest's interfaces: QEMU's slirp accepts the connection and
+  carries it to the guest's eth0 in C, with no SSH; TCP also gets an SSH listener on
+  ``[::1]`` (QEMU 7.2's hostfwd is IPv4 only);
+* an **SSH forward** for everything else (a port bound to one guest address, a guest
+  program's listener, or no QMP): a host listener whose accepted connections each become
+  one ``direct-tcpip`` channel to the guest's ``127.0.0.1:HOST_PORT`` on the VM's single
+  SSH transport, pumped both ways with half-close.
 
 Exposure (DESIGN.md section 7): with user-mode networking everything on the LAN could
 otherwise reach a container, so a port is bound on ``0.0.0.0`` only when the machine's

@@ -9,14 +9,20 @@ sockets. The real QEMU side is tests/vm/test_agent.py.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.unit.machine.test_portfwd import FakeSSH, listening, wait_for
 from vm_backend.machine.agent import GuestPort
+from vm_backend.machine.loopthread import EventLoopThread
 from vm_backend.machine.portfwd import (
     STATE_LISTENING,
     VIA_HOSTFWD,
@@ -25,7 +31,7 @@ from vm_backend.machine.portfwd import (
     parse_usernet_connections,
 )
 from vm_backend.machine.ports import pick_free_port
-from vm_backend.machine.qmp import QmpError
+from vm_backend.machine.qmp import QmpError, SyncQmp
 
 USERNET = """\
 Hub -1 (net0):
@@ -290,3 +296,91 @@ def test_twenty_publish_cycles_leak_no_rule_listener_or_fd(qemu: FakeQemu) -> No
     assert wait_for(lambda: len(os.listdir("/proc/self/fd")) <= base_fds)
     assert listening(p) == []
     f.stop()
+
+
+# ---- the same against a real QEMU (user networking, no guest: QEMU's slirp binds) ---------
+QEMU = shutil.which("qemu-system-x86_64")
+
+
+@pytest.fixture
+def real_qmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SyncQmp, int]]:
+    """A QEMU with ``-machine none`` and a user-net ``net0``; yields (QMP, QEMU's pid)."""
+    if QEMU is None:
+        pytest.skip("needs qemu-system-x86_64")
+    folder = Path(tempfile.mkdtemp(prefix="bq-", dir="/tmp"))  # short: unix socket path
+    qmp_path = folder / "qmp"
+    proc = subprocess.Popen(
+        [QEMU, "-machine", "none", "-nodefaults", "-display", "none",
+         "-netdev", "user,id=net0,ipv6=off", "-qmp", f"unix:{qmp_path},server=on,wait=off"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    loop = EventLoopThread("test-hostfwd")
+    qmp = SyncQmp(loop)
+    try:
+        qmp.connect(str(qmp_path), timeout=30, alive=lambda: proc.poll() is None)
+        yield qmp, proc.pid
+    finally:
+        qmp.close()
+        loop.stop()
+        proc.kill()
+        proc.wait(10)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def qemu_listens(pid: int, port: int) -> list[str]:
+    return sorted(
+        c.laddr.ip
+        for c in psutil.Process(pid).net_connections(kind="inet")
+        if c.laddr.port == port and c.status in (psutil.CONN_LISTEN, psutil.CONN_NONE)
+    )
+
+
+def test_real_qemu_rules_follow_the_ports(real_qmp: tuple[SyncQmp, int]) -> None:
+    qmp, pid = real_qmp
+    f = PortForwarder(FakeSSH(), None, udp=True, hostfwd=qmp)
+    try:
+        p, u = pick_free_port(), pick_free_port()
+        f.set_guest_ports([port(p), port(u, protocol="udp")])
+        rows = {r.protocol: r for r in f.table()}
+        assert rows["tcp"].state == rows["udp"].state == STATE_LISTENING, rows
+        assert qemu_listens(pid, p) == ["127.0.0.1"] and qemu_listens(pid, u) == ["127.0.0.1"]
+        # A client accepted by slirp (no guest answers it) is a connection in info usernet.
+        with socket.create_connection(("127.0.0.1", p), timeout=5):
+            assert wait_for(lambda: {r.protocol: r.connections for r in f.table()}
+                            == {"tcp": 1, "udp": None}, 5), f.table()
+        f.set_guest_ports([port(u, protocol="udp")])
+        assert qemu_listens(pid, p) == []
+        assert "HOST_FORWARD" in qmp.usernet_info()  # the UDP rule only
+    finally:
+        f.stop()
+    assert "HOST_FORWARD" not in qmp.usernet_info()
+
+
+def test_real_qemu_busy_port_and_cycles(real_qmp: tuple[SyncQmp, int]) -> None:
+    qmp, pid = real_qmp
+    f = PortForwarder(FakeSSH(), None, hostfwd=qmp)
+    p = pick_free_port()
+    try:
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", p))
+            holder.listen(1)
+            f.set_guest_ports([port(p)])
+            assert f.table()[0].state == f"conflict: 127.0.0.1:{p} is in use by another program"
+        f.refresh()
+        assert f.table()[0].state == STATE_LISTENING
+        for _ in range(20):
+            f.set_guest_ports([])
+            f.set_guest_ports([port(p)])
+        assert qmp.usernet_info().count("HOST_FORWARD") == 1
+        f.set_guest_ports([])
+        assert qemu_listens(pid, p) == [] and "HOST_FORWARD" not in qmp.usernet_info()
+        # A rule on this port already in QEMU that the forwarder did not make and may not
+        # remove (the VM's SSH forward): a conflict, and the rule stays.
+        qmp.hostfwd_add("tcp", "127.0.0.1", p, 22)
+        g = PortForwarder(FakeSSH(), None, hostfwd=qmp, reserved_ports=(p,))
+        g.set_guest_ports([port(p)])
+        assert g.table()[0].state.startswith("conflict:")
+        g.stop()
+        assert qemu_listens(pid, p) == ["127.0.0.1"]  # left alone
+    finally:
+        f.stop()

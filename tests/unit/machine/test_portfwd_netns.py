@@ -1,6 +1,7 @@
 """Forwarded ports seen from another machine: a client in its own network namespace,
 joined to this host by a veth pair, cannot reach a forwarded port unless the per-VM LAN
-opt-in is set (issue 6). Needs root and iproute2; skipped otherwise."""
+opt-in is set (issue 6), through Berth's own listener and through a QEMU hostfwd rule
+(a real QEMU without a guest). Needs root and iproute2; skipped otherwise."""
 
 from __future__ import annotations
 
@@ -13,16 +14,20 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.unit.machine import test_portfwd_hostfwd as hostfwd_tests
 from tests.unit.machine.test_portfwd import FakeSSH, added, container, wait_for
 from vm_backend.engine.models import PortBinding
 from vm_backend.machine.portfwd import PortForwarder
 from vm_backend.machine.ports import pick_free_port
+from vm_backend.machine.qmp import SyncQmp
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and iproute2"
 )
 
 HOST_IP, PEER_IP = "10.213.77.1", "10.213.77.2"
+real_qmp = hostfwd_tests.real_qmp  # the fixture: a real QEMU with user networking
+guest_port = hostfwd_tests.port
 
 # Run inside the namespace: connect to the host's veth address, send, expect the echo.
 CLIENT = """
@@ -89,5 +94,40 @@ def test_with_the_lan_opt_in_another_machine_can(peer: str) -> None:
     fwd, port = forward(expose_on_lan=True)
     try:
         assert from_peer(peer, port) == "ping"
+    finally:
+        fwd.stop()
+
+
+# ---- the same with a QEMU hostfwd rule (a real QEMU's slirp binds; no guest) --------------
+CONNECT = """
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()
+    print("connected")
+except OSError as e:
+    print("refused" if isinstance(e, ConnectionRefusedError) else f"error {e}")
+"""
+
+
+def connect_from_peer(ns: str, port: int) -> str:
+    out = subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", CONNECT, HOST_IP, str(port)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+    return out.stdout.strip() or out.stderr.strip()
+
+
+@pytest.mark.parametrize("expose_on_lan", [False, True])
+def test_hostfwd_rule_reaches_the_lan_only_on_the_opt_in(
+    peer: str, real_qmp: tuple[SyncQmp, int], expose_on_lan: bool
+) -> None:
+    qmp, _pid = real_qmp
+    port = pick_free_port()
+    fwd = PortForwarder(FakeSSH(), None, expose_on_lan=expose_on_lan, hostfwd=qmp)
+    try:
+        fwd.set_guest_ports([guest_port(port)])
+        (row,) = fwd.table()
+        assert (row.state, row.via) == ("listening", "hostfwd"), row
+        assert connect_from_peer(peer, port) == ("connected" if expose_on_lan else "refused")
     finally:
         fwd.stop()
