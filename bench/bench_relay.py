@@ -11,11 +11,14 @@ same local sshd (standing in for the VM's), measured side by side in one run:
 * berth dial-stdio  - EngineSocketRelay, ``docker system dial-stdio`` per connection
 * paramiko bare     - keep-alive only: a streamlocal channel used directly from the
                       measuring process, no relay (what paramiko alone costs)
+* bare C[/MAC]      - the same over a session offering only that cipher (``--cipher``,
+                      repeatable): what the algorithm costs paramiko
 
 Two client patterns: "keep-alive" (one connection, many requests: docker-py's pool) and
 "new conn" (connect, one request, close: each docker CLI run, and every relay channel
 open). Rounds alternate between the paths so that load from other processes hits them
-all alike. Prints p50/p99 per path and the ratio against ``ssh -L``.
+all alike. Prints p50/p99 per path and the ratio against ``ssh -L`` (and, for the bare
+paramiko paths, which run in this process, its CPU time per request).
 
 Run as root (the sshd stand-in logs in as root) with openssh-server installed:
 ``python bench/bench_relay.py [-n 1000] [--new-conn-n 200] [--no-dial-stdio] [--bulk-mib 128]``.
@@ -275,6 +278,9 @@ def main() -> None:
                         help="skip the dial-stdio relay (slow: a process per connection)")
     parser.add_argument("--bulk-mib", type=int, default=0,
                         help="also measure throughput with a file of this many MiB")
+    parser.add_argument("--cipher", action="append", default=[], metavar="C[/MAC]",
+                        help="also a bare paramiko channel offering only this cipher"
+                             " (and MAC), keep-alive only (repeatable)")
     args = parser.parse_args()
     if shutil.which("ssh") is None:
         sys.exit("needs the OpenSSH client (ssh) and server (sshd)")
@@ -295,7 +301,17 @@ def main() -> None:
                         server.keys.host.public_openssh)
         bare.connect()
         stack.callback(bare.close)
+        bare_by_cipher: dict[str, GuestSSH] = {}
+        for spec in args.cipher:
+            cipher, _, mac = spec.partition("/")
+            one = GuestSSH(server.port, server.keys.client.private_path,
+                           server.keys.host.public_openssh, ciphers=[cipher],
+                           macs=[mac] if mac else None)
+            one.connect()
+            stack.callback(one.close)
+            bare_by_cipher[spec] = one
         results: dict[tuple[str, str, str], list[float]] = {}
+        own_cpu: dict[tuple[str, str, str], float] = {}
         for mode, factory, n in (
             ("keep-alive", keepalive_sampler, args.n),
             ("new conn", newconn_sampler, args.new_conn_n),
@@ -306,12 +322,21 @@ def main() -> None:
                     chan = bare.open_unix_socket(DOCKER_SOCK)
                     stack.callback(chan.close)
                     samplers["paramiko bare"] = stream_sampler(chan, endpoint)
+                    for spec, one in bare_by_cipher.items():
+                        chan = one.open_unix_socket(DOCKER_SOCK)
+                        stack.callback(chan.close)
+                        samplers[f"bare {spec}"] = stream_sampler(chan, endpoint)
                 for sampler in samplers.values():
                     sampler(max(1, n // 50))  # warm-up, discarded
                 per_round = max(1, n // args.rounds)
                 for _ in range(args.rounds):
                     for name, sampler in samplers.items():
+                        cpu0 = time.process_time()
                         results.setdefault((mode, endpoint, name), []).extend(sampler(per_round))
+                        if name == "paramiko bare" or name.startswith("bare "):
+                            # In this process: its CPU time is what paramiko spends.
+                            key = (mode, endpoint, name)
+                            own_cpu[key] = own_cpu.get(key, 0.0) + time.process_time() - cpu0
         bulk: dict[str, list[float]] = {}
         if args.bulk_mib:
             cid = bulk_setup(args.bulk_mib)
@@ -332,16 +357,19 @@ def main() -> None:
         f" {platform.node()}, {platform.machine()}, python {platform.python_version()},"
         f" {_cpu_model()}"
     )
-    print(f"{'mode':<11}{'endpoint':<24}{'path':<20}{'n':>6}{'p50 ms':>9}{'p99 ms':>9}"
-          f"{'p50/ssh-L':>11}{'p99/ssh-L':>11}{'p50/direct':>12}")
-    for (mode, endpoint, name), values in results.items():
+    width = max(20, *(len(name) + 2 for _, _, name in results))
+    print(f"{'mode':<11}{'endpoint':<24}{'path':<{width}}{'n':>6}{'p50 ms':>9}{'p99 ms':>9}"
+          f"{'p50/ssh-L':>11}{'p99/ssh-L':>11}{'p50/direct':>12}{'CPU us/req':>11}")
+    for key, values in results.items():
+        mode, endpoint, name = key
         ref = results[(mode, endpoint, "ssh -L")]
         base = results[(mode, endpoint, "direct")]
         p50, p99 = pct(values, 0.5), pct(values, 0.99)
         print(
-            f"{mode:<11}{endpoint:<24}{name:<20}{len(values):>6}{p50 * 1e3:>9.3f}"
+            f"{mode:<11}{endpoint:<24}{name:<{width}}{len(values):>6}{p50 * 1e3:>9.3f}"
             f"{p99 * 1e3:>9.3f}{p50 / pct(ref, 0.5):>11.2f}{p99 / pct(ref, 0.99):>11.2f}"
             f"{p50 / pct(base, 0.5):>12.1f}"
+            + (f"{own_cpu[key] / len(values) * 1e6:>11.1f}" if key in own_cpu else "")
         )
     if bulk:
         print(f"# bulk: {args.bulk_mib} MiB via the archive API, MB/s per round"
