@@ -348,11 +348,18 @@ def _display(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
+# The rule's own listening socket, and sockets of connections that are over.
+_USERNET_NOT_OPEN = frozenset(
+    {"TCP[HOST_FORWARD]", "TCP[TIME_WAIT]", "TCP[CLOSED]", "TCP[NONE]"}
+)
+
+
 def parse_usernet_connections(text: str) -> dict[tuple[str, int], int]:
     """Open hostfwd TCP connections per host ``(address, port)`` from HMP ``info usernet``.
 
     A connection slirp accepted for a rule is a ``TCP[ESTABLISHED]`` (or any state but
-    ``HOST_FORWARD``, the rule's own listening socket) line whose source is the host
+    ``HOST_FORWARD``, the rule's own listening socket, and ``TIME_WAIT``/``CLOSED``, which
+    are over) line whose source is the host
     address and port it was accepted on, e.g.
     ``TCP[ESTABLISHED]  12       127.0.0.1 18080       10.0.2.15    80     0     0``.
     The guest's own outgoing connections show their remote peer there instead; those in
@@ -364,7 +371,7 @@ def parse_usernet_connections(text: str) -> dict[tuple[str, int], int]:
         fields = line.split()
         if len(fields) < 4 or not fields[0].startswith("TCP["):
             continue
-        if fields[0] == "TCP[HOST_FORWARD]":
+        if fields[0] in _USERNET_NOT_OPEN:
             continue
         address, port = fields[2], fields[3]
         if not port.isdigit() or address.startswith("10.0.2."):
