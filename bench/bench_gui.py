@@ -205,6 +205,16 @@ def _wait(seconds: float) -> None:
         raise KeyboardInterrupt
 
 
+def _schedstat() -> tuple[int, int]:
+    """(ns on a CPU, ns runnable and waiting for a CPU) of the calling thread."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            fields = f.read().split()
+        return int(fields[0]), int(fields[1])
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+
+
 class Heartbeat:
     """A 10 ms timer on the GUI thread that records how late each tick arrives."""
 
@@ -214,7 +224,12 @@ class Heartbeat:
         self.interval = interval_ms / 1000
         self.late_ms: list[float] = []
         self.at: list[float] = []  # time.monotonic() of each tick (shared across processes)
+        # Per tick, from the kernel's schedstat of the GUI thread since the last tick:
+        # nanoseconds on a CPU and nanoseconds runnable but waiting for one. The rest of
+        # a late tick's wait, beyond the interval, the thread slept: on the GIL, mostly.
+        self.sched: list[tuple[int, int]] = []
         self._last = 0.0
+        self._last_sched = (0, 0)
         self.timer = QTimer()
         self.timer.setTimerType(Qt.TimerType.PreciseTimer)
         self.timer.setInterval(interval_ms)
@@ -223,6 +238,8 @@ class Heartbeat:
     def start(self) -> None:
         self.late_ms.clear()
         self.at.clear()
+        self.sched.clear()
+        self._last_sched = _schedstat()
         self._last = time.perf_counter()
         self.timer.start()
 
@@ -234,7 +251,25 @@ class Heartbeat:
         now = time.perf_counter()
         self.late_ms.append(max(0.0, (now - self._last - self.interval) * 1000))
         self.at.append(time.monotonic())
+        sched = _schedstat()
+        self.sched.append((sched[0] - self._last_sched[0], sched[1] - self._last_sched[1]))
+        self._last_sched = sched
         self._last = now
+
+    def late_breakdown(self, threshold: float) -> dict[str, float]:
+        """For the ticks late by ``threshold`` ms or more, where the wait went (means, ms)."""
+        rows = [(ms, cpu / 1e6, runq / 1e6)
+                for ms, (cpu, runq) in zip(self.late_ms, self.sched, strict=True)
+                if ms >= threshold]
+        if not rows:
+            return {"ticks": 0}
+        n = len(rows)
+        late = sum(r[0] for r in rows) / n
+        cpu = sum(r[1] for r in rows) / n
+        runq = sum(r[2] for r in rows) / n
+        span = late + self.interval * 1000
+        return {"ticks": n, "late_ms": late, "on_cpu_ms": cpu, "runqueue_ms": runq,
+                "asleep_ms": max(0.0, span - cpu - runq)}
 
 
 class _Profile:
@@ -364,6 +399,7 @@ class _BareHeartbeat:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         assert self.proc.stdout is not None
+        self.sched: list[tuple[int, int]] = []
         self.proc.stdout.readline()  # "ready"
 
     def stop(self) -> list[tuple[float, float]]:
@@ -373,6 +409,7 @@ class _BareHeartbeat:
         if not lines:
             return []
         data = json.loads(lines[-1])
+        self.sched = [tuple(x) for x in data.get("sched", [])]
         return list(zip(data["at"], data["late_ms"], strict=True))
 
 
@@ -468,6 +505,13 @@ def bench_stall(
     bare_idle = _between(bare_ticks, idle0, idle1)
     bare_loaded = _between(bare_ticks, churn0, churn1)
     trace.report(hb, bare_ticks, max(20.0, percentile(loaded, 99) / 2))
+    tail = percentile(loaded, 99)
+    window_tail = hb.late_breakdown(tail)
+    bare_hb = Heartbeat()
+    bare_hb.late_ms = [ms for _at, ms in bare_ticks]
+    bare_hb.sched = list(bare.sched) if len(bare.sched) == len(bare_ticks) else [(0, 0)] * len(
+        bare_ticks)
+    bare_tail = bare_hb.late_breakdown(tail)
     if churn.wait(60) != 0:
         raise RuntimeError(f"the churn process failed ({churn.returncode})")
     reader.join(5)
@@ -489,6 +533,8 @@ def bench_stall(
         "bare_max_ms": max(bare_loaded) if bare_loaded else 0.0,
         "bare_ticks": len(bare_loaded),
         "threads_cpu_percent": threads_cpu,
+        "tail_breakdown": window_tail,
+        "bare_tail_breakdown": bare_tail,
         "engine_start_s": phase.get("started", 0.0),
         "engine_stop_s": phase.get("stopped", 0.0),
         "model_all_running_s": phase["model_running"],
@@ -660,7 +706,7 @@ def child_heartbeat() -> None:
     print("ready", flush=True)
     loop.exec()
     hb.stop()
-    print(json.dumps({"at": hb.at, "late_ms": hb.late_ms}))
+    print(json.dumps({"at": hb.at, "late_ms": hb.late_ms, "sched": hb.sched}))
     del app
 
 
@@ -791,6 +837,15 @@ def main() -> int:
             print("    CPU of the window's threads during the churn (% of a core): " + ", ".join(
                 f"{name} {pct:.1f}" for name, pct in s["threads_cpu_percent"].items() if pct >= 0.05
             ))
+            for who, b in (("window", s["tail_breakdown"]), ("bare", s["bare_tail_breakdown"])):
+                if b.get("ticks"):
+                    print(
+                        f"    {who}: {b['ticks']} ticks late >= {s['p99_ms']:.1f} ms, on average "
+                        f"{b['late_ms']:.1f} ms late: the GUI thread was on a CPU "
+                        f"{b['on_cpu_ms']:.1f} ms, runnable waiting for a CPU "
+                        f"{b['runqueue_ms']:.1f} ms, asleep {b['asleep_ms']:.1f} ms (of which "
+                        f"10 ms the interval; the rest: waiting on the GIL or a lock)"
+                    )
         if args.only in (None, "cold"):
             create_containers(url, args.cold_n)
             runs: list[float] = []
