@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from PySide6.QtCore import QItemSelectionModel, QModelIndex, Qt
+from PySide6.QtCore import QItemSelectionModel, QModelIndex, QModelRoleData, Qt
 from PySide6.QtWidgets import QTableView
 
 from app.models.containers import (
@@ -232,3 +232,57 @@ def test_a_state_change_touches_only_the_columns_it_changes(qtbot: Any) -> None:
     assert layouts == []
     session.change(c.__class__(**{**c.__dict__, "state": ContainerState.EXITED}))
     assert spans == [(COL_STATE, COL_MEMORY)]  # no difference: no signal
+
+
+def _painted(view_model: Any, row: int, col: int, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+    """What a delegate gets for one cell: one multiData() call, as Qt 6's delegates make."""
+    role_data = QModelRoleData(role)
+    view_model.multiData(view_model.index(row, col), role_data)
+    return role_data.data()
+
+
+def test_painted_cells_follow_every_change_and_match_data() -> None:
+    # multiData() answers from a per-row cache: each kind of change must drop it.
+    c = make_container("web", ports=(PortBinding(80, "tcp", "0.0.0.0", 8080),))
+    other = make_container("db", state=ContainerState.EXITED)
+    session = FakeSession([c, other])
+    model = _model(session)
+    proxy = ContainersProxy()
+    proxy.setSourceModel(model)
+    proxy.sort(COL_NAME)  # db, web
+    assert model.running_count() == 1
+    roles = (
+        Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.ToolTipRole,
+        Qt.ItemDataRole.ForegroundRole, Qt.ItemDataRole.FontRole,
+        Qt.ItemDataRole.TextAlignmentRole, Qt.ItemDataRole.DecorationRole, SORT_ROLE,
+    )
+
+    def same_as_data() -> None:
+        for row in range(proxy.rowCount()):
+            for col in range(proxy.columnCount()):
+                for role in roles:
+                    assert _painted(proxy, row, col, role) == proxy.index(row, col).data(role)
+
+    same_as_data()
+    assert _painted(proxy, 1, COL_CPU) == "…"
+    model.set_stats({c.id: StatsSample(c.id, "", 12.5, 3 * 1024 * 1024, 0, 0, 0, 0, 0, 1)})
+    assert _painted(proxy, 1, COL_CPU) == "12.5"
+    assert _painted(proxy, 1, COL_MEMORY) == "3.0 MiB"
+    model.set_busy(c.id, "Stopping")
+    assert _painted(proxy, 1, COL_STATE) == "Stopping…"
+    same_as_data()
+    model.set_busy(c.id, "")
+    assert _painted(proxy, 1, COL_STATE) == "running"
+    session.change(c.__class__(**{**c.__dict__, "state": ContainerState.EXITED}))
+    assert _painted(proxy, 1, COL_STATE) == "exited"
+    assert _painted(proxy, 1, COL_CPU) == ""
+    assert model.running_count() == 0
+    same_as_data()
+    session.change(other.__class__(**{**other.__dict__, "state": ContainerState.RUNNING}))
+    assert model.running_count() == 1
+    session.remove(other.id)
+    assert model.running_count() == 0
+    assert proxy.rowCount() == 1
+    assert _painted(proxy, 0, COL_NAME) == "web"
+    assert _painted(proxy, 5, COL_NAME) is None  # a row that is not there: an empty cell
+    same_as_data()
