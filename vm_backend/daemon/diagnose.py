@@ -24,6 +24,7 @@ import os
 import platform
 import re
 import secrets
+import signal
 import socket
 import subprocess
 import tarfile
@@ -52,6 +53,11 @@ SKIPPED = "skipped"
 DNS_PROBE_NAME = "deb.debian.org"
 CONTAINER_PORT = 8080
 HOP_TIMEOUT_S = 45.0
+#: How long one probe container may take from start to exit (a TCG VM on a loaded
+#: computer needs a minute for what takes a second with KVM).
+PROBE_TIMEOUT_S = 180.0
+#: The container's verdict when it got an answer that is not the token (see PROBE_*).
+PROBE_WRONG_ANSWER = 3
 LABEL = "berth.diagnose"
 
 
@@ -65,6 +71,46 @@ class Check:
     @property
     def ok(self) -> bool:
         return self.status in (OK, WARNING)
+
+
+@dataclass(frozen=True)
+class ProbeRun:
+    """What one probe container did: its exit status and output, or why it never ran.
+
+    The verdict of a container probe is its exit status, never its output: dockerd can
+    lose the last line of a container's output when it has no trailing newline
+    (moby/moby#43860; docs/diagnose.md), and an HTTP body has none.
+    """
+
+    exit_code: int | None
+    out: str = ""
+    err: str = ""
+    error: str = ""  # the engine's error when the container could not run to its end
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+    def describe(self) -> str:
+        """Plain words for a report: exit status (and signal), stderr, stdout."""
+        if self.exit_code is None:
+            return f"the probe container did not run to its end: {self.error or 'no reason given'}"
+        parts = [f"exit status {self.exit_code}{_signal_name(self.exit_code)}"]
+        if self.err.strip():
+            parts.append(f"stderr: {self.err.strip()}")
+        if self.out.strip():
+            parts.append(f"stdout: {self.out.strip()}")
+        return "; ".join(parts)
+
+
+def _signal_name(exit_code: int) -> str:
+    """`` (killed by SIGSEGV)`` for a shell-style status above 128, else ``""``."""
+    if 128 < exit_code < 128 + 65:
+        try:
+            return f" (killed by {signal.Signals(exit_code - 128).name})"
+        except ValueError:
+            return f" (killed by signal {exit_code - 128})"
+    return ""
 
 
 def first_broken(checks: list[Check]) -> Check | None:
@@ -276,7 +322,7 @@ class _Diagnose:
                 container.remove(force=True)
 
     def _guest_http(self, port: int, token: str) -> bool:
-        # python3 is in the guest image; busybox wget crashes (SIGSEGV) under `-cpu max`.
+        # python3 is in the guest image (Debian's busybox 1.35 wget segfaults on -T).
         rc, out, _ = self.guest(["python3", "-c", _GUEST_HTTP_GET, str(port)], timeout=30)
         return rc == 0 and out.strip() == token
 
@@ -308,7 +354,7 @@ class _Diagnose:
             return
         self._dns_failed("dns-vm", "in the VM (resolver 10.0.2.3)")
 
-    def _dns_failed(self, name: str, where: str) -> None:
+    def _dns_failed(self, name: str, where: str, why: str = "") -> None:
         if not _host_resolves(DNS_PROBE_NAME):
             self.add(
                 name, WARNING,
@@ -318,53 +364,75 @@ class _Diagnose:
             return
         self.add(
             name, FAILED,
-            f"{DNS_PROBE_NAME} resolves on this computer but not {where}",
+            f"{DNS_PROBE_NAME} resolves on this computer but not {where}"
+            + (f" ({_short(why)})" if why else ""),
             "QEMU's DNS forwarder (10.0.2.3) reads this computer's resolver settings at VM "
             "start: restart the machine after a network change (VPN, Wi-Fi).",
         )
 
     def check_dns_container(self) -> None:
-        out = self._run_container(["nslookup", DNS_PROBE_NAME])
-        if out is not None and "Address" in out.split(DNS_PROBE_NAME, 1)[-1]:
+        # busybox nslookup exits 0 only when it got an answer.
+        run = self._run_container(["nslookup", DNS_PROBE_NAME])
+        if run.ok and "Address" in run.out.split(DNS_PROBE_NAME, 1)[-1]:
             self.add("dns-container", OK, f"{DNS_PROBE_NAME} resolves in a container")
             return
-        self._dns_failed("dns-container", "in a container")
+        self._dns_failed("dns-container", "in a container", run.describe())
 
     def check_host_from_container(self) -> None:
         token = secrets.token_hex(8)
-        with _token_server(token) as port:
-            # nc, not wget: busybox 1.35's wget crashes under QEMU's `-cpu max` (SHA-NI).
-            out = self._run_container(
-                ["sh", "-c", 'printf "GET / HTTP/1.0\\r\\n\\r\\n" | nc -w 10 "$0" "$1"',
-                 "host.docker.internal", str(port)],
+        with _token_server(token) as server:
+            # The container judges the answer itself and says so in its exit status (0:
+            # the token came back; PROBE_WRONG_ANSWER: something else did; nc's own
+            # status otherwise). busybox nc, not wget: Debian's busybox 1.35 wget
+            # segfaults on -T (built without FEATURE_WGET_TIMEOUT). -w bounds the connect.
+            run = self._run_container(
+                ["sh", "-c", _HOST_PROBE, "sh", "host.docker.internal", str(server.port), token],
                 extra_hosts={"host.docker.internal": "host-gateway"},
             )
-        body = out.split("\r\n\r\n", 1)[-1].strip() if out is not None else ""
-        if body == token:
+        if run.ok:
             self.add(
                 "host-from-container", OK,
-                f"host.docker.internal:{port} (with --add-host host.docker.internal:"
+                f"host.docker.internal:{server.port} (with --add-host host.docker.internal:"
                 "host-gateway) reaches this computer's 127.0.0.1",
             )
             return
+        seen = (
+            f"the listener on this computer answered {server.answered} request(s)"
+            if server.answered else "no connection reached the listener on this computer"
+        )
         self.add(
             "host-from-container", FAILED,
-            f"a container could not reach this computer at host.docker.internal:{port} "
-            f"({_short(self.last_error or out or 'no answer')})",
+            f"a container could not reach this computer at host.docker.internal:"
+            f"{server.port} ({_short(run.describe())}; {seen})",
             "The VM's dockerd must run with --host-gateway-ip 10.0.2.2 (Berth's guest image "
             "does): update the guest image and restart the machine.",
         )
 
-    def _run_container(self, cmd: list[str], **kwargs: Any) -> str | None:
-        self.last_error = ""
+    def _run_container(self, cmd: list[str], **kwargs: Any) -> ProbeRun:
+        """Run a probe container to its end; never raises.
+
+        Not ``containers.run(detach=False)``: docker-py reads that output from a
+        ``logs?follow=1`` stream, which loses a last line without a newline when the
+        container exits (moby/moby#43860). Output read after the exit is complete.
+        """
         try:
-            out = self.engine.containers.run(
-                self.image, cmd, remove=True, labels={LABEL: "probe"}, stderr=True, **kwargs
+            container = self.engine.containers.run(
+                self.image, cmd, detach=True, labels={LABEL: "probe"}, **kwargs
             )
-        except Exception as err:  # noqa: BLE001 (docker-py: any failure means the probe failed)
-            self.last_error = str(err)
-            return None
-        return bytes(out).decode("utf-8", "replace")
+        except Exception as err:  # noqa: BLE001 (docker-py raises many kinds; all are findings)
+            return ProbeRun(None, error=str(err))
+        try:
+            status = container.wait(timeout=PROBE_TIMEOUT_S)
+            code = int(status.get("StatusCode", -1))
+            reported = (status.get("Error") or {}).get("Message") or ""
+            out = bytes(container.logs(stdout=True, stderr=False)).decode("utf-8", "replace")
+            stderr = bytes(container.logs(stdout=False, stderr=True)).decode("utf-8", "replace")
+            return ProbeRun(code, out, stderr, reported)
+        except Exception as err:  # noqa: BLE001 (a timeout or a lost engine: a finding)
+            return ProbeRun(None, error=f"{type(err).__name__}: {err}")
+        finally:
+            with contextlib.suppress(Exception):
+                container.remove(force=True)
 
     # shares
     def check_shares(self, ssh_ok: bool) -> None:
@@ -459,6 +527,20 @@ sys.stdout.write(data.split(b"\\r\\n\\r\\n", 1)[-1].decode("ascii", "replace"))
 """
 
 
+# The host-from-container probe, run by the container's sh with $1 host, $2 port, $3 token.
+# $(...) drops trailing newlines only; the body has none.
+_HOST_PROBE = f"""
+answer=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 30 "$1" "$2")
+rc=$?
+case "$answer" in
+  *"$3") exit 0 ;;
+esac
+printf 'nc exit status %s; %s bytes came back: %.120s\\n' "$rc" "${{#answer}}" "$answer" >&2
+[ "$rc" -ne 0 ] && exit "$rc"
+exit {PROBE_WRONG_ANSWER}
+"""
+
+
 def run_checks(service: MachineService, image: str | None = None) -> list[Check]:
     """Run every hop check against ``service``'s machine. Never raises for a broken hop."""
     return _Diagnose(service, image).run()
@@ -494,8 +576,14 @@ def _host_resolves(name: str, timeout: float = 10.0) -> bool:
     return bool(result and result[0])
 
 
+@dataclass
+class TokenServer:
+    port: int
+    answered: int = 0  # requests answered so far (the report says whether any came)
+
+
 @contextlib.contextmanager
-def _token_server(token: str) -> Iterator[int]:
+def _token_server(token: str) -> Iterator[TokenServer]:
     """A one-purpose HTTP listener on the host's 127.0.0.1 answering ``token``."""
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.bind(("127.0.0.1", 0))
@@ -504,6 +592,7 @@ def _token_server(token: str) -> Iterator[int]:
     stop = threading.Event()
     body = token.encode()
     response = b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    server = TokenServer(int(srv.getsockname()[1]))
 
     def serve() -> None:
         while not stop.is_set():
@@ -516,11 +605,12 @@ def _token_server(token: str) -> Iterator[int]:
                 with contextlib.suppress(OSError):
                     conn.recv(4096)
                     conn.sendall(response)
+                    server.answered += 1
 
     thread = threading.Thread(target=serve, name="diagnose-host", daemon=True)
     thread.start()
     try:
-        yield int(srv.getsockname()[1])
+        yield server
     finally:
         stop.set()
         thread.join(timeout=5)

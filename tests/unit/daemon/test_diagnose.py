@@ -15,12 +15,16 @@ from typing import Any
 import pytest
 
 from vm_backend.daemon.diagnose import (
+    _HOST_PROBE,
     FAILED,
     OK,
+    PROBE_WRONG_ANSWER,
     SKIPPED,
     WARNING,
     Check,
+    ProbeRun,
     Redactor,
+    _Diagnose,
     _host_http,
     _token_server,
     checks_to_json,
@@ -84,9 +88,123 @@ def test_redactor_removes_env_values_keys_and_tokens() -> None:
     assert "kept: berth.data=/dev/vdb ab" in out
 
 
-def test_token_server_answers_http_on_loopback() -> None:
-    with _token_server("tok123") as port:
-        assert _host_http(port) == "tok123"
+def test_token_server_answers_http_on_loopback_and_counts() -> None:
+    with _token_server("tok123") as server:
+        assert server.answered == 0
+        assert _host_http(server.port) == "tok123"
+        assert _host_http(server.port) == "tok123"
+        assert server.answered == 2
+
+
+def test_probe_run_names_exit_status_signal_and_output() -> None:
+    assert ProbeRun(0).ok and not ProbeRun(3).ok and not ProbeRun(None).ok
+    text = ProbeRun(139, "partial", "Segmentation fault\n").describe()
+    assert text == (
+        "exit status 139 (killed by SIGSEGV); stderr: Segmentation fault; stdout: partial"
+    )
+    assert ProbeRun(1).describe() == "exit status 1"
+    assert ProbeRun(None, error="Read timed out").describe() == (
+        "the probe container did not run to its end: Read timed out"
+    )
+
+
+class _FakeContainer:
+    def __init__(self, status: dict[str, Any], out: bytes, err: bytes) -> None:
+        self.status, self.out, self.err = status, out, err
+        self.removed = False
+
+    def wait(self, timeout: float) -> dict[str, Any]:
+        if isinstance(self.status, Exception):
+            raise self.status
+        return self.status
+
+    def logs(self, stdout: bool, stderr: bool) -> bytes:
+        return self.out if stdout else self.err
+
+    def remove(self, force: bool) -> None:
+        self.removed = True
+
+
+def _diagnose_with(container: _FakeContainer | Exception) -> _Diagnose:
+    def run(*_a: Any, **kw: Any) -> _FakeContainer:
+        assert kw["detach"] is True  # never docker-py's follow stream (moby/moby#43860)
+        if isinstance(container, Exception):
+            raise container
+        return container
+
+    d = _Diagnose(SimpleNamespace(), None)
+    d.engine = SimpleNamespace(containers=SimpleNamespace(run=run))
+    d.image = "busybox"
+    return d
+
+
+def test_run_container_reports_status_and_output_and_always_removes() -> None:
+    c = _FakeContainer({"StatusCode": 3, "Error": None}, b"HTTP/1.0 200 OK\r\n\r\n", b"nc: x\n")
+    run = _diagnose_with(c)._run_container(["sh"])
+    assert run == ProbeRun(3, "HTTP/1.0 200 OK\r\n\r\n", "nc: x\n", "")
+    assert c.removed
+    stuck = _FakeContainer(TimeoutError("Read timed out"), b"", b"")  # type: ignore[arg-type]
+    run = _diagnose_with(stuck)._run_container(["sh"])
+    assert run.exit_code is None and "Read timed out" in run.error and stuck.removed
+    run = _diagnose_with(RuntimeError("no such image"))._run_container(["sh"])
+    assert run == ProbeRun(None, error="no such image")
+
+
+def test_host_check_failure_names_the_probe_and_what_the_host_saw() -> None:
+    refused = b"nc: can't connect to remote host: Connection refused\n"
+    c = _FakeContainer({"StatusCode": 1}, b"", refused)
+    d = _diagnose_with(c)
+    d.check_host_from_container()
+    check = d.checks[-1]
+    assert check.name == "host-from-container" and check.status == FAILED
+    assert "exit status 1" in check.detail and "Connection refused" in check.detail
+    assert "no connection reached the listener on this computer" in check.detail
+
+
+def test_dns_container_check_judges_by_exit_status(monkeypatch: pytest.MonkeyPatch) -> None:
+    answer = b"Server: 10.0.2.3\nName: deb.debian.org\nAddress: 151.101.2.132\n"
+    d = _diagnose_with(_FakeContainer({"StatusCode": 0}, answer, b""))
+    d.check_dns_container()
+    assert d.checks[-1].status == OK
+    monkeypatch.setattr("vm_backend.daemon.diagnose._host_resolves", lambda _n: True)
+    d = _diagnose_with(_FakeContainer({"StatusCode": 1}, answer, b"nslookup: timeout\n"))
+    d.check_dns_container()
+    assert d.checks[-1].status == FAILED and "nslookup: timeout" in d.checks[-1].detail
+
+
+def _host_engine() -> Any:
+    docker = pytest.importorskip("docker")
+    try:
+        client = docker.DockerClient(base_url="unix:///var/run/docker.sock", timeout=60)
+        client.images.get("berth-test/busybox:latest")
+    except Exception as err:  # noqa: BLE001
+        pytest.skip(f"no host dockerd with berth-test/busybox: {err}")
+    return client
+
+
+@pytest.mark.engine
+def test_probe_script_against_a_real_engine() -> None:
+    """The host probe and _run_container on the host's dockerd (host network: 127.0.0.1).
+
+    An answer with no trailing newline is read whole, a wrong answer is exit status 3 with
+    what came back, and no probe container is left behind.
+    """
+    d = _Diagnose(SimpleNamespace(), None)
+    d.engine, d.image = _host_engine(), "berth-test/busybox:latest"
+    try:
+        run = d._run_container(["sh", "-c", "printf 'a\\nno-newline'"])
+        assert run == ProbeRun(0, "a\nno-newline", "", "")
+        with _token_server("tok-42") as server:
+            base = ["sh", "-c", _HOST_PROBE, "sh", "127.0.0.1", str(server.port)]
+            assert d._run_container([*base, "tok-42"], network_mode="host").ok
+            wrong = d._run_container([*base, "other"], network_mode="host")
+            assert server.answered == 2
+        assert wrong.exit_code == PROBE_WRONG_ANSWER
+        assert "tok-42" in wrong.err and "nc exit status 0" in wrong.err
+        left = d.engine.containers.list(all=True, filters={"label": "berth.diagnose"})
+        assert left == []
+    finally:
+        d.engine.close()
 
 
 def _fake_service(tmp_path: Path) -> Any:
