@@ -784,6 +784,8 @@ def main() -> int:
     parser.add_argument("--flood-seconds", type=float, default=20.0)
     parser.add_argument("--only", choices=("stall", "cold", "idle", "logflood"))
     parser.add_argument("--profile", type=Path, help="cProfile the GUI thread under load")
+    parser.add_argument("--switch-interval", type=float, metavar="MS",
+                        help="the window process's GIL switch interval (Python's default: 5 ms)")
     parser.add_argument("--slots", type=Path,
                         help="trace the GUI thread's slots during (a) and blame the late ticks")
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -808,6 +810,8 @@ def main() -> int:
             child_idle_baseline(float(rest[0]))
         return 0
 
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval / 1000)
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     os.environ.setdefault("BERTH_HOME", str(Path("/tmp") / f"berth-bench-home-{os.getpid()}"))
