@@ -238,7 +238,8 @@ def berthd(home: Path, keep: bool) -> Iterator[int | None]:
 @contextmanager
 def machine(home: Path, args: argparse.Namespace) -> Iterator[dict[str, object]]:
     """The machine, started (created first if needed); stopped and deleted unless --keep."""
-    status = json.loads(must(berth(home, "machine", "status", "--json"), "machine status"))
+    found = berth(home, "machine", "status", "--json")
+    status = json.loads(found.stdout) if found.returncode == 0 else {}
     created = False
     if status.get("spec") is None:
         must(berth(home, "machine", "init", "--no-shares", "--cpus", str(args.cpus),

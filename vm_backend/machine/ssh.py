@@ -110,6 +110,35 @@ class _BerthTransport(paramiko.Transport):
     confirmation to the new channel exactly as it does for its own kinds.
     """
 
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock)
+        self._held: list[Message] = []
+        self._held_lock = threading.Lock()
+
+    # paramiko's reader thread answers some messages itself (a CHANNEL_CLOSE with its own
+    # CLOSE, channel and global request replies, keepalives) through _send_user_message,
+    # which waits until a key re-exchange is over; but only this very thread can finish
+    # one. A channel closing just as a re-key started froze the transport for 30 s, then
+    # killed it with every channel on it ("Key-exchange timed out waiting for key
+    # negotiation"; tests/integration/test_relay.py, re-keying every MiB, under load).
+    # Such messages are held (nothing but key-exchange messages may be sent meanwhile,
+    # RFC 4253 section 7.1) and sent once the new keys are in use.
+    def _send_user_message(self, data: Message) -> None:
+        if threading.current_thread() is self and not self.clear_to_send.is_set():
+            with self._held_lock:
+                self._held.append(data)
+            return
+        base: Any = super()
+        base._send_user_message(data)
+
+    def _parse_newkeys(self, m: Message) -> None:
+        base: Any = super()
+        base._parse_newkeys(m)
+        with self._held_lock:
+            held, self._held = self._held, []
+        for data in held:
+            base._send_user_message(data)
+
     def open_streamlocal(self, socket_path: str, timeout: float | None = None) -> Channel:
         def payload(m: Message) -> None:
             m.add_string(socket_path)
