@@ -69,6 +69,8 @@ COLUMNS = ("Name", "Project", "Image", "State", "Ports", "CPU %", "Memory", "Cre
     len(COLUMNS)
 )
 
+_NCOLS = len(COLUMNS)
+
 STATE_FILTERS: tuple[tuple[str, str], ...] = (
     ("all", "All states"),
     ("running", "Running"),
@@ -382,10 +384,9 @@ class ContainersModel(QAbstractTableModel):
             cells = self._cells.get(cid)
             if cells is None:
                 cells = self._cells[cid] = {}
-            base = col << 16
             for role_data in _role_data(roleDataSpan):
                 role = role_data.role()
-                key = base | role
+                key = role * _NCOLS + col  # one key per (column, role), any role number
                 if key in cells:
                     value = cells[key]
                 else:
