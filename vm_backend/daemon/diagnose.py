@@ -146,13 +146,16 @@ def format_checks(doc: dict[str, Any], name: str) -> str:
 
 # ---- the checks -------------------------------------------------------------------------------
 class _Diagnose:
-    def __init__(self, service: MachineService, image: str | None) -> None:
+    def __init__(
+        self, service: MachineService, image: str | None, forward_timeout: float = HOP_TIMEOUT_S
+    ) -> None:
         self.service = service
         self.image_hint = image
+        # How long port-on-host waits for Berth's forwarder once the port answers in the VM.
+        self.forward_timeout = forward_timeout
         self.checks: list[Check] = []
         self.engine: Any = None
         self.image: str | None = None
-        self.last_error = ""
 
     def add(self, name: str, status: str, detail: str, fix: str = "") -> bool:
         self.checks.append(Check(name, status, detail, fix))
@@ -308,7 +311,7 @@ class _Diagnose:
                 return
             self.add("port-in-vm", OK, f"container port {CONTAINER_PORT} answers on "
                      f"127.0.0.1:{port} in the VM")
-            if self._retry(lambda: _host_http(port) == token):
+            if self._retry(lambda: _host_http(port) == token, self.forward_timeout):
                 self.add("port-on-host", OK, f"reached from this computer on 127.0.0.1:{port}")
             else:
                 self.add(
