@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -366,6 +367,60 @@ def test_only_sshd_listens_on_tcp(booted: GuestVM) -> None:
     rc, out, _ = booted.run("test -S /var/run/docker.sock && stat -c '%a %U' /var/run/docker.sock")
     assert rc == 0
     assert out.split() == ["660", "root"]
+
+
+# One script in the guest (each `docker run` costs seconds under TCG): a server on a user
+# network publishing a port; a client on that network reaches it by name (embedded DNS,
+# same-bridge traffic); a client on another network and one on the default bridge cannot
+# reach its address (isolation); a default-bridge container reaches the host through
+# QEMU's gateway (masquerade: the guest's forwarded SSH port answers with its banner); the
+# published port answers on the guest's own addresses (dockerd's userland proxy).
+NETWORK_SCRIPT = r"""
+B=/bin/busybox
+I=berth-test/bb
+run="docker run --rm --label berth-test=guest"
+req='printf "GET / HTTP/1.0\r\n\r\n"'
+docker image inspect $I >/dev/null 2>&1 \
+    || tar -C / -c bin/busybox | docker import - $I >/dev/null || exit 10
+docker network create berth-net-a >/dev/null && docker network create berth-net-b >/dev/null \
+    || exit 11
+docker run -d --name berth-srv --label berth-test=guest --network berth-net-a -p 8080:80 $I \
+    $B sh -c "$B mkdir /w && echo hello-srv > /w/index.html && exec $B httpd -f -p 80 -h /w" \
+    >/dev/null || exit 12
+ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' berth-srv)
+echo "by-name: $($run --network berth-net-a $I \
+    $B sh -c "$req | $B nc -w 30 berth-srv 80 | $B tail -n 1")"
+echo "other-network: $($run --network berth-net-b $I \
+    $B sh -c "$req | $B nc -w 5 $ip 80 | $B tail -n 1")"
+echo "host: $($run $I $B sh -c "echo | $B nc -w 30 10.0.2.2 $1 | $B head -c 7; \
+    $req | $B nc -w 5 $ip 80 | $B tail -n 1")"
+echo "published: $(eval "$req" | $B nc -w 30 10.0.2.15 8080 | $B tail -n 1)"
+echo "docker-chains: $(iptables-save | grep -c DOCKER)"
+docker rm -f berth-srv >/dev/null
+docker network rm berth-net-a berth-net-b >/dev/null
+"""
+
+
+@pytest.mark.vm
+@pytest.mark.timeout(900)
+def test_container_networking(booted: GuestVM) -> None:
+    """dockerd runs without iptables (boot time): the guest's own rules keep Docker's
+    networking — egress through the VM, DNS and traffic within a network, isolation
+    between networks, published ports through the userland proxy."""
+    rc, out, err = booted.run(
+        f"sh -c {shlex.quote(NETWORK_SCRIPT)} net-test {booted.ssh_port}", timeout=600
+    )
+    assert rc == 0, (out, err)
+    lines: dict[str, str] = {}
+    for line in out.splitlines():
+        key, _, value = line.partition(":")
+        lines[key] = value.strip()
+    assert lines.get("by-name") == "hello-srv", out
+    assert lines.get("other-network") == "", out
+    # From the default bridge: the host's SSH banner, and nothing from the other network.
+    assert lines.get("host") == "SSH-2.0", out
+    assert lines.get("published") == "hello-srv", out
+    assert lines.get("docker-chains") == "0", out
 
 
 @pytest.mark.vm

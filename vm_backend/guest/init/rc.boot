@@ -45,12 +45,24 @@ ln -sf /proc/self/fd/2 /dev/stderr
 # Drivers: no udev, so load what the virtual hardware needs. Virtio devices
 # (net, rng, balloon, console, 9p, vsock ...) and, on arm64, device-tree
 # platform devices (PL061 GPIO + gpio-keys power button) by modalias; evdev and
-# the ACPI button for the power-button daemon; ext4 for the data disk.
+# the ACPI button for the power-button daemon; ext4 for the data disk; and what
+# the engine's networking needs (the bridge with br_netfilter, nf_tables and the
+# matches of the rules below), in this one modprobe run instead of one
+# kernel-spawned modprobe each later (every process costs ~0.3 s under TCG).
 {
     cat /sys/bus/virtio/devices/*/modalias
     grep -h '^of:' /sys/bus/platform/devices/*/modalias
 } 2>/dev/null | sort -u > "$BERTH_RUN/modaliases"
-xargs modprobe -qab evdev button ext4 < "$BERTH_RUN/modaliases" 2>/dev/null
+xargs modprobe -qab evdev button ext4 br_netfilter nf_tables nft_chain_nat nft_compat \
+    xt_conntrack xt_MASQUERADE < "$BERTH_RUN/modaliases" 2>/dev/null
+# Bridged (same-network) container traffic never goes through iptables: dockerd runs
+# with --iptables=false, so no rule of its own would accept it there (see "engine
+# networking" below; br_netfilter is loaded now so this holds even if something
+# loads it later).
+for f in iptables ip6tables arptables; do
+    [ -w "/proc/sys/net/bridge/bridge-nf-call-$f" ] && echo 0 > "/proc/sys/net/bridge/bridge-nf-call-$f"
+done
+echo 1 > /proc/sys/net/ipv4/ip_forward
 
 # Per-VM configuration from QEMU fw_cfg: keep a root-only copy for the agent.
 modprobe -q qemu_fw_cfg 2>/dev/null
@@ -101,6 +113,36 @@ ip route add default via 10.0.2.2 dev "$iface" || berth_fail network cannot-set-
 printf 'nameserver 10.0.2.3\n' > /etc/resolv.conf
 printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' \
     "$hostname" > /etc/hosts
+
+# Engine networking: dockerd runs with --iptables=false (its ~50 iptables runs at
+# start, plus ~20 per user network at every start, were most of the engine stage
+# under TCG); these rules, loaded by one iptables-restore in the background, give
+# every Docker network what dockerd's own rules gave it (docs/guest-image.md,
+# "Engine networking"):
+# * containers reach the outside, the host (10.0.2.2) and DNS (10.0.2.3) through
+#   the VM's address (masquerade whatever leaves by the NIC from another address);
+# * forwarding between two Docker networks, or into one from outside, is dropped
+#   (Docker's isolation); replies to the containers' own connections pass;
+# * published ports are served by dockerd's userland proxy on the VM's own
+#   addresses (no DNAT), which is where Berth's port forwards connect anyway.
+cat > "$BERTH_RUN/netfilter.rules" <<RULES
+*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A POSTROUTING -o $iface ! -s 10.0.2.15/32 -j MASQUERADE
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A FORWARD -o $iface -j ACCEPT
+COMMIT
+RULES
+iptables-restore -w < "$BERTH_RUN/netfilter.rules" > "$BERTH_LOG/netfilter.log" 2>&1 &
+netfilter_pid=$!
 berth_stage network
 
 # --------------------------------------------------------------------------
@@ -142,18 +184,19 @@ mount --bind /mnt/data/docker /var/lib/docker || berth_fail datadisk bind-docker
 mount --bind /mnt/data/berth /var/lib/berth || berth_fail datadisk bind-berth-failed
 berth_stage datadisk
 
-# Host folders shared over 9p, mounted before the engine so containers find them
-# (a failed share is reported, never fatal: see vm_backend/guest/init/shares).
-/usr/lib/berth/init/shares
-
-# containerd starts now, in the background, so it initialises while sshd is
-# set up; dockerd uses it instead of spawning (and, when slow, killing and
-# restarting) a containerd of its own.
+# containerd starts now, in the background, so it initialises while the shares
+# and sshd are set up; dockerd uses it instead of spawning (and, when slow, killing
+# and restarting) a containerd of its own.
 # shellcheck disable=SC3045 # dash (/bin/sh) supports ulimit -n
 ulimit -n 1048576 2>/dev/null || true
 setsid /usr/bin/containerd --config /etc/containerd/config.toml \
     < /dev/null > "$BERTH_LOG/containerd.log" 2>&1 &
-echo $! > "$BERTH_RUN/containerd.pid"
+containerd_pid=$!
+echo "$containerd_pid" > "$BERTH_RUN/containerd.pid"
+
+# Host folders shared over 9p, mounted before the engine so containers find them
+# (a failed share is reported, never fatal: see vm_backend/guest/init/shares).
+/usr/lib/berth/init/shares
 
 # The agent (when the image ships it) starts now too: Python's start-up under TCG takes
 # seconds, which overlap sshd and dockerd instead of following them. It retries the
@@ -196,38 +239,31 @@ berth_stage sshd
 # extra_hosts) resolves to QEMU's user-net gateway 10.0.2.2, which is the host's
 # loopback (docs/diagnose.md), not the VM's own docker0.
 # --------------------------------------------------------------------------
-alive() {
-    kill -0 "$(cat "$BERTH_RUN/$1.pid")" 2>/dev/null
-}
 n=0
 until [ -S /run/containerd/containerd.sock ]; do
-    alive containerd || berth_fail engine containerd-exited "$BERTH_LOG/containerd.log"
+    kill -0 "$containerd_pid" 2>/dev/null \
+        || berth_fail engine containerd-exited "$BERTH_LOG/containerd.log"
     n=$((n + 1))
     [ "$n" -lt $((engine_timeout * 5)) ] \
         || berth_fail engine "containerd-timeout-${engine_timeout}s" "$BERTH_LOG/containerd.log"
     sleep 0.2
 done
+wait "$netfilter_pid" || berth_fail engine netfilter-rules-failed "$BERTH_LOG/netfilter.log"
 setsid /usr/sbin/dockerd -H unix:///var/run/docker.sock --data-root /var/lib/docker \
     --containerd /run/containerd/containerd.sock \
     --exec-root /run/docker --pidfile /run/docker.pid \
     --log-driver json-file --log-opt max-size=10m --log-opt max-file=3 \
-    --host-gateway-ip 10.0.2.2 \
+    --host-gateway-ip 10.0.2.2 --iptables=false \
     < /dev/null > "$BERTH_LOG/dockerd.log" 2>&1 &
 echo $! > "$BERTH_RUN/dockerd.pid"
-engine_ok() {
-    # dockerd creates its socket early but serves the API only once initialised,
-    # which it logs; then one GET /_ping confirms it answers (cheaper than the
-    # docker CLI, which is slow to start under TCG).
-    grep -q 'API listen on /var/run/docker.sock' "$BERTH_LOG/dockerd.log" \
-        && /usr/lib/berth/init/engine-ping
-}
-n=0
-until engine_ok; do
-    alive dockerd || berth_fail engine dockerd-exited "$BERTH_LOG/dockerd.log"
-    n=$((n + 1))
-    [ "$n" -lt $((engine_timeout * 5)) ] || berth_fail engine "timeout-${engine_timeout}s" "$BERTH_LOG/dockerd.log"
-    sleep 0.2
-done
+# One process waits for the API, with no process per try (see engine-ping).
+/usr/lib/berth/init/engine-ping --wait "$engine_timeout" --pid "$BERTH_RUN/dockerd.pid"
+case $? in
+    0) ;;
+    2) berth_fail engine dockerd-exited "$BERTH_LOG/dockerd.log" ;;
+    3) berth_fail engine "timeout-${engine_timeout}s" "$BERTH_LOG/dockerd.log" ;;
+    *) berth_fail engine engine-ping-failed "$BERTH_LOG/dockerd.log" ;;
+esac
 berth_stage engine
 
 # --------------------------------------------------------------------------
