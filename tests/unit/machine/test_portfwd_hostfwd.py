@@ -348,7 +348,7 @@ def test_real_qemu_rules_follow_the_ports(real_qmp: tuple[SyncQmp, int]) -> None
         # A client accepted by slirp (no guest answers it) is a connection in info usernet.
         with socket.create_connection(("127.0.0.1", p), timeout=5):
             assert wait_for(lambda: {r.protocol: r.connections for r in f.table()}
-                            == {"tcp": 1, "udp": None}, 5), f.table()
+                            == {"tcp": 1, "udp": None}, 30), f.table()
         f.set_guest_ports([port(u, protocol="udp")])
         assert qemu_listens(pid, p) == []
         assert "HOST_FORWARD" in qmp.usernet_info()  # the UDP rule only
