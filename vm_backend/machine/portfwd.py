@@ -561,10 +561,10 @@ class PortForwarder:
 
     def _via(self, p: GuestPort) -> str:
         # Only what the guest serves on its network interface can take a QEMU rule: the
-        # engine's ports published on all interfaces (dockerd's proxy and NAT listen on
-        # 0.0.0.0 in the guest). A container's explicit address (127.0.0.1:8080:80) and a
-        # guest program's listener (maybe on the guest's loopback only) go through SSH,
-        # which reaches the guest's 127.0.0.1.
+        # engine's ports published on all interfaces (dockerd's proxy listens on 0.0.0.0
+        # in the guest, so on eth0, where slirp delivers). A container's explicit address
+        # (127.0.0.1:8080:80) and a guest program's listener (maybe on the guest's
+        # loopback only) go through SSH, which reaches the guest's 127.0.0.1.
         if (
             self.hostfwd is not None
             and p.source == "engine"
@@ -732,9 +732,11 @@ class PortForwarder:
             hostfwd.hostfwd_add(fwd.protocol, fwd.host_address, fwd.host_port, fwd.engine_port)
         except (QmpError, RuntimeError, OSError) as exc:
             # QEMU's own words ("Could not set up host forwarding rule 'tcp:…'"): the port
-            # was taken between our check and QEMU's bind, or QMP is gone.
+            # was taken between our check and QEMU's bind. Anything else (QMP gone, no
+            # answer) is an error, not a conflict; both are tried again later.
             text = exc.message if isinstance(exc, QmpError) else str(exc)
-            fwd.state = f"conflict: {where}: {text}"
+            kind = "conflict" if "Could not set up host forwarding" in text else "error"
+            fwd.state = f"{kind}: {where}: {text}"
             if fwd.state != previous:
                 log.warning("published port %s/%s: %s", fwd.host_port, fwd.protocol, fwd.state)
             return

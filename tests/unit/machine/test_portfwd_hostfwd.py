@@ -385,3 +385,12 @@ def test_real_qemu_busy_port_and_cycles(real_qmp: tuple[SyncQmp, int]) -> None:
         assert qemu_listens(pid, p) == ["127.0.0.1"]  # left alone
     finally:
         f.stop()
+
+
+def test_qmp_gone_is_an_error_not_a_conflict(qemu: FakeQemu, fwd: PortForwarder) -> None:
+    p = pick_free_port()
+    qemu.fail_next_add = "QMP is not connected (cannot run human-monitor-command)."
+    fwd.set_guest_ports([port(p)])
+    assert fwd.table()[0].state.startswith(f"error: 127.0.0.1:{p}: QEMU could not add")
+    fwd.refresh()
+    assert fwd.table()[0].state == STATE_LISTENING
