@@ -377,19 +377,13 @@ class EngineMonitor:
         self._emit(diff, force=full)
 
     def _refresh_containers(self, ids: set[str]) -> None:
-        fresh: list[Container] = []
-        gone: set[str] = set()
-        for cid in ids:
-            try:
-                found = self.client.containers(all=True, filters={"id": cid})
-            except NotFound:
-                found = []
-            # The id filter is a prefix match: keep the exact one.
-            exact = [c for c in found if c.id == cid]
-            if exact:
-                fresh.extend(exact)
-            else:
-                gone.add(cid)
+        # One request for all of them (the engine ORs repeated filters).
+        try:
+            found = self.client.containers(all=True, filters={"id": sorted(ids)})
+        except NotFound:
+            found = []
+        # The id filter is a prefix match: keep the exact ones.
+        fresh: list[Container] = [c for c in found if c.id in ids]
         with self._cond:
             added, changed, removed = self.tables["container"].replace_some(ids, fresh)
         self._emit(Diff("container", tuple(added), tuple(changed), tuple(removed)))
