@@ -12,7 +12,7 @@ bash .ci/services.sh start
 ruff check .
 mypy
 # Real-VM tests with several boots each (marker "long": kill -9 rounds, memory given back,
-# reclaim, resize, diagnose) take ~11 min more: BERTH_LONG_TESTS=1 runs them too.
+# reclaim, resize) take ~11 min more: BERTH_LONG_TESTS=1 runs them too.
 markers="not arm64"
 if [ "${BERTH_LONG_TESTS:-0}" != 1 ]; then
   markers="$markers and not long"
