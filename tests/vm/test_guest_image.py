@@ -19,6 +19,7 @@ import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -287,6 +288,69 @@ def booted(guest_image: Path, vm_env: tuple[Path, Keys]) -> Iterator[GuestVM]:
         yield vm
     finally:
         vm.kill()
+
+
+ENGINE_PING = Path(__file__).resolve().parents[2] / "vm_backend/guest/init/engine-ping"
+
+
+def _engine_ping_wait(sock: Path, pidfile: Path, seconds: int) -> int:
+    """Run the guest's engine-ping --wait on the host against ``sock``; its exit status."""
+    env = {**os.environ, "BERTH_ENGINE_PING_SOCKET": str(sock)}
+    argv = [sys.executable, str(ENGINE_PING), "--wait", str(seconds), "--pid", str(pidfile)]
+    return subprocess.run(argv, env=env, timeout=300, check=False).returncode
+
+
+@pytest.mark.timeout(300)
+def test_engine_ping_waits_until_the_api_answers(tmp_path: Path) -> None:
+    """Like dockerd: the socket listens first and the API serves later; one engine-ping
+    process sees the answer (exit 0)."""
+    sock = tmp_path / "docker.sock"
+    pidfile = tmp_path / "dockerd.pid"
+    pidfile.write_text(f"{os.getpid()}\n")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(sock))
+    server.listen(16)
+    serving = threading.Event()
+    stop = threading.Event()
+
+    def serve() -> None:
+        serving.wait()
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                try:
+                    conn.recv(4096)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        threading.Timer(1.0, serving.set).start()
+        assert _engine_ping_wait(sock, pidfile, 240) == 0
+    finally:
+        serving.set()
+        stop.set()
+        thread.join(timeout=10)
+        server.close()
+
+
+@pytest.mark.timeout(300)
+def test_engine_ping_reports_a_dead_engine_and_a_timeout(tmp_path: Path) -> None:
+    dead = subprocess.Popen(["true"])  # a pid that has exited
+    dead.wait()
+    pidfile = tmp_path / "dockerd.pid"
+    pidfile.write_text(f"{dead.pid}\n")
+    sock = tmp_path / "never.sock"
+    assert _engine_ping_wait(sock, pidfile, 240) == 2
+    pidfile.write_text(f"{os.getpid()}\n")
+    assert _engine_ping_wait(sock, pidfile, 1) == 3
 
 
 @pytest.mark.vm
