@@ -8,7 +8,9 @@ underlying socket down, so a GUI can cancel a follow without waiting for the nex
 from __future__ import annotations
 
 import codecs
+import datetime
 import json
+import re
 import socket
 import struct
 import threading
@@ -194,6 +196,26 @@ def iter_log_entries(frames: Iterator[tuple[int, bytes]], timestamps: bool) -> I
     for stream_id, rest in pending.items():
         if rest:
             yield _entry(stream_id, rest, timestamps)
+
+
+_LOG_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)")
+
+
+def log_time_key(timestamp: str | None) -> tuple[int, int] | None:
+    """An engine log timestamp (RFC 3339, up to nanoseconds) as (epoch seconds, ns).
+
+    Docker trims trailing zeros from the fraction, so the strings themselves do not sort;
+    these keys do. None for a missing or malformed timestamp.
+    """
+    match = _LOG_TIME.fullmatch(timestamp or "")
+    if match is None:
+        return None
+    whole, frac, zone = match.groups()
+    try:
+        when = datetime.datetime.fromisoformat(whole + ("+00:00" if zone == "Z" else zone))
+    except ValueError:
+        return None
+    return int(when.timestamp()), int((frac or "").ljust(9, "0"))
 
 
 def _entry(stream_id: int, line: bytes, timestamps: bool) -> LogEntry:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from PySide6.QtCore import QDateTime, QTimer
@@ -36,7 +37,7 @@ from app.pages.details._base import DetailsTab, plain_label
 from app.widgets.logview import LogLine, LogPanel
 from vm_backend.engine.client import EngineClient
 from vm_backend.engine.models import LogEntry
-from vm_backend.engine.streams import Stream
+from vm_backend.engine.streams import Stream, log_time_key
 
 #: How often queued lines reach the view.
 BATCH_MS = 100
@@ -85,6 +86,8 @@ class LogReader:
         self._stopped = threading.Event()
         self.finished = threading.Event()
         self.error: BaseException | None = None
+        self._last_key: tuple[int, int] | None = None  # the newest line's time queued
+        self._repeats = 0  # lines queued with exactly that time
         self._thread = threading.Thread(target=self._run, name="berth-logs", daemon=True)
 
     def start(self) -> None:
@@ -110,6 +113,65 @@ class LogReader:
             self._room.set()
         return lines
 
+    def _pump(self, entries: Iterable[LogEntry], after: tuple[int, int] | None = None,
+              skip: int = 0) -> bool:
+        """Queue ``entries`` (those after ``after``, less ``skip`` repeats at it); False
+        once stopped."""
+        lock, room = self._lock, self._room
+        for count, entry in enumerate(entries, 1):
+            key = log_time_key(entry.timestamp)
+            if after is not None and key is not None:
+                if key < after:
+                    continue
+                if key == after and skip > 0:
+                    skip -= 1
+                    continue
+            if key is not None:
+                if key == self._last_key:
+                    self._repeats += 1
+                else:
+                    self._last_key, self._repeats = key, 1
+            if entry.stream == "stderr":
+                line = LogLine(entry.timestamp, "stderr", entry.text)
+            else:
+                line = LogLine(entry.timestamp, "stdout", entry.text)
+            # Uncontended, the lock costs well under a microsecond; the GUI holds it
+            # only to swap the list out.
+            with lock:
+                self._queue.append(line)
+                if len(self._queue) >= HIGH_WATER:
+                    room.clear()
+            if not room.is_set():
+                room.wait()
+                # The GUI is appending (and soon painting) what it took: let it run.
+                self._stopped.wait(HEAD_START)
+            elif count % YIELD_EVERY == 0:
+                # A real (if tiny) sleep: on a busy machine the GUI thread may need
+                # longer than sleep(0) gives to be scheduled and take the GIL.
+                time.sleep(0.001)
+            if self._stopped.is_set():
+                return False
+        return True
+
+    def _catch_up(self) -> None:
+        after, skip = self._last_key, self._repeats
+        if after is None:  # nothing arrived: ask the same question again
+            tail, since = self._query.tail, self._query.since
+        else:  # the engine's "since" is inclusive; a microsecond back covers rounding
+            tail, since = None, after[0] + after[1] / 1e9 - 1e-6
+        stream = self._client.logs(
+            self._container_id, follow=False, timestamps=True, tail=tail, since=since
+        )
+        with self._lock:
+            self._stream = stream
+        if self._stopped.is_set():
+            stream.close()
+            return
+        try:
+            self._pump(stream, after, skip)
+        finally:
+            stream.close()
+
     def _run(self) -> None:
         try:
             stream = self._client.logs(
@@ -124,28 +186,12 @@ class LogReader:
             if self._stopped.is_set():
                 stream.close()
                 return
-            lock, room = self._lock, self._room
-            for count, entry in enumerate(stream, 1):
-                if entry.stream == "stderr":
-                    line = LogLine(entry.timestamp, "stderr", entry.text)
-                else:
-                    line = LogLine(entry.timestamp, "stdout", entry.text)
-                # Uncontended, the lock costs well under a microsecond; the GUI holds it
-                # only to swap the list out.
-                with lock:
-                    self._queue.append(line)
-                    if len(self._queue) >= HIGH_WATER:
-                        room.clear()
-                if not room.is_set():
-                    room.wait()
-                    # The GUI is appending (and soon painting) what it took: let it run.
-                    self._stopped.wait(HEAD_START)
-                elif count % YIELD_EVERY == 0:
-                    # A real (if tiny) sleep: on a busy machine the GUI thread may need
-                    # longer than sleep(0) gives to be scheduled and take the GIL.
-                    time.sleep(0.001)
-                if self._stopped.is_set():
-                    return
+            if not self._pump(stream):
+                return
+            # The stream ended: the container stopped. A follow stream can end before a
+            # last line that has no newline (moby/moby#43860), so read what came after the
+            # last line seen once more, without following, and add what is missing.
+            self._catch_up()
         except Exception as err:  # noqa: BLE001 - reported on the GUI thread
             if not self._stopped.is_set():
                 self.error = err

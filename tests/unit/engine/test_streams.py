@@ -144,3 +144,17 @@ def test_garbage_instead_of_a_chunk_size_is_an_error(serve: list[OneShotServer])
     server = start(serve, [CHUNKED_HEAD, b"zz-not-hex\r\n"])
     with pytest.raises(ValueError):
         list(iter_json_lines(server.get()))
+
+
+def test_log_time_keys_sort_as_times_not_as_strings() -> None:
+    from vm_backend.engine.streams import log_time_key
+
+    # Docker trims the fraction's trailing zeros: as strings ".1Z" sorts after ".12Z".
+    a, b = "2026-11-29T04:10:00.1Z", "2026-11-29T04:10:00.12Z"
+    assert a > b
+    ka, kb = log_time_key(a), log_time_key(b)
+    assert ka is not None and kb is not None and ka < kb
+    assert log_time_key("2026-11-29T04:10:00Z") == (ka[0], 0)
+    assert log_time_key("2026-11-29T05:10:00.000000001+01:00") == (ka[0], 1)
+    for bad in (None, "", "soon", "2026-13-01T00:00:00Z", "2026-11-29T04:10:00.1234567890Z"):
+        assert log_time_key(bad) is None
