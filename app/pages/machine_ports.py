@@ -7,7 +7,9 @@ is up; this tab only renders what the page hands it, so it costs no request of i
 
 A TCP row that listens opens ``http://localhost:PORT`` in the browser (button or
 double-click). Rows whose state is not "listening" (a conflict: the host port is taken;
-an error; UDP, which is not forwarded yet) say so in plain words and cannot be opened.
+an error; UDP from a guest without the agent, which is not forwarded) say so in plain
+words and cannot be opened. The connection count is "—" where berthd cannot know it
+(UDP; a QEMU forward whose QEMU did not answer).
 
 The LAN opt-in is the spec's ``expose_ports_on_lan``: off, every forwarded port binds
 127.0.0.1 only; on, ports that containers publish on all interfaces bind 0.0.0.0, so
@@ -54,7 +56,7 @@ class PortRow:
     host_address: str
     host_port: int
     state: str
-    connections: int
+    connections: int | None  # None: unknown (UDP, or QEMU did not say)
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> PortRow:
@@ -72,7 +74,7 @@ class PortRow:
             host_address=str(doc.get("host_address") or ""),
             host_port=number("host_port"),
             state=str(doc.get("state") or ""),
-            connections=number("connections"),
+            connections=None if doc.get("connections") is None else number("connections"),
         )
 
     @property
@@ -111,7 +113,7 @@ def state_words(row: PortRow) -> str:
         why = state.partition(":")[2].strip() or "the host port is in use"
         return f"Conflict: {why} — stop whatever uses port {row.host_port} on this computer"
     if state.startswith("udp"):
-        return "UDP: not forwarded yet"
+        return "UDP: not forwarded (the VM has no agent)"
     if state.startswith("error"):
         return "Error: " + (state.partition(":")[2].strip() or "unknown")
     return state or "—"
@@ -223,7 +225,7 @@ class PortsTab(QWidget):
                 str(row.host_port) if row.host_port else "—",
                 row.protocol.upper(),
                 self.tr(state_words(row)),
-                str(row.connections) if row.protocol == "tcp" else "—",
+                str(row.connections) if row.connections is not None else "—",
             )
             for col, text in enumerate(cells):
                 item = QTableWidgetItem(text)  # table cells are plain text

@@ -57,11 +57,14 @@ def test_rows_follow_the_status_live(qtbot: QtBot, fake_daemon: FakeDaemon) -> N
     tab.table.selectRow(0)
     assert tab.open_button.isEnabled()
     # Live: a second port arrives, the selection stays on the first one.
-    fake_daemon.doc = {**fake_daemon.doc, "ports": [port(8080), port(5353, protocol="udp",
-                                                     state="udp: not forwarded yet")]}
-    qtbot.waitUntil(lambda: tab.table.rowCount() == 2, timeout=WAIT)
+    fake_daemon.doc = {**fake_daemon.doc, "ports": [
+        port(8080), port(5353, protocol="udp", connections=None),
+        port(5354, protocol="udp", state="udp: not forwarded yet")]}
+    qtbot.waitUntil(lambda: tab.table.rowCount() == 3, timeout=WAIT)
     assert tab.selected_row() is not None and tab.selected_row().host_port == 8080
-    assert cells(page, 0)[4] == "UDP" and cells(page, 0)[6] == "—"
+    # A QEMU-forwarded UDP port has no flow count berthd could know: "—", not 0.
+    assert cells(page, 0)[4] == "UDP" and cells(page, 0)[5:] == ["Listening", "—"]
+    assert cells(page, 1)[5] == "UDP: not forwarded (the VM has no agent)"
     # The VM stops: the rows go with it.
     fake_daemon.doc = status_doc("stopped", ports=[port(8080)])
     page.refresh()
