@@ -48,6 +48,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.openssh_reference import pinned_known_hosts, ssh_base, ssh_forward
 from vm_backend.daemon.service import MachineService
 from vm_backend.machine.hostinfo import detect_host
 from vm_backend.machine.image import GuestImage
@@ -144,28 +145,11 @@ def ssh_tunnel(svc: MachineService, workdir: Path, local: int, remote: int) -> I
     ssh_port = machine.status().ssh_port
     assert ssh_port is not None
     keys = ensure_machine_keys(machine.paths.state_dir, machine.name)
-    known = workdir / "known_hosts"
-    known.write_text(f"[127.0.0.1]:{ssh_port} {keys.host.public_openssh}\n")
-    proc = subprocess.Popen(
-        [
-            "ssh", "-N", "-p", str(ssh_port), "-i", str(keys.client.private_path),
-            "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
-            "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes",
-            "-L", f"127.0.0.1:{local}:127.0.0.1:{remote}", "root@127.0.0.1",
-        ],
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        if not wait_for(lambda: http_get(local, "/small") is not None or proc.poll() is not None,
-                        60):
-            raise RuntimeError("ssh -L did not start")
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            raise RuntimeError(f"ssh -L failed: {err}")
+    known = pinned_known_hosts(workdir, ssh_port, keys.host.public_openssh)
+    base = ssh_base(ssh_port, keys.client.private_path, known)
+    forward = f"127.0.0.1:{local}:127.0.0.1:{remote}"
+    with ssh_forward(base, forward, lambda: http_get(local, "/small") is not None):
         yield
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def fmt(values: list[float], unit: str = "") -> str:

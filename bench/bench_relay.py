@@ -48,6 +48,7 @@ from typing import Protocol
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.integration.sshd_fixtures import DOCKER_SOCK, SshdServer, start_sshd
+from tests.openssh_reference import pinned_known_hosts, ssh_base, ssh_forward
 from vm_backend.machine.relay import EngineSocketRelay, RelayMechanism
 from vm_backend.machine.ssh import GuestSSH
 
@@ -188,31 +189,13 @@ def pct(values: list[float], q: float) -> float:
 
 
 @contextmanager
-def ssh_forward(server: SshdServer, workdir: Path) -> Iterator[str]:
+def ssh_forward_sock(server: SshdServer, workdir: Path) -> Iterator[str]:
     """OpenSSH's own unix-socket forward to the guest docker.sock, pinned like ours."""
-    known = workdir / "known_hosts"
-    known.write_text(f"[127.0.0.1]:{server.port} {server.keys.host.public_openssh}\n")
+    known = pinned_known_hosts(workdir, server.port, server.keys.host.public_openssh)
     local = workdir / "ssh-L.sock"
-    proc = subprocess.Popen(
-        [
-            "ssh", "-N", "-p", str(server.port), "-i", str(server.keys.client.private_path),
-            "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
-            "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes",
-            "-L", f"{local}:{DOCKER_SOCK}", "root@127.0.0.1",
-        ],
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while not local.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                raise RuntimeError(f"ssh -L did not start: {err}")
-            time.sleep(0.02)
+    base = ssh_base(server.port, server.keys.client.private_path, known)
+    with ssh_forward(base, f"{local}:{DOCKER_SOCK}", local.exists, timeout=15):
         yield str(local)
-    finally:
-        proc.terminate()
-        proc.wait(5)
 
 
 @contextmanager
@@ -290,7 +273,7 @@ def main() -> None:
         server = start_sshd(workdir / "sshd")
         stack.callback(server.stop)
         paths: dict[str, str] = {"direct": DOCKER_SOCK}
-        paths["ssh -L"] = stack.enter_context(ssh_forward(server, workdir))
+        paths["ssh -L"] = stack.enter_context(ssh_forward_sock(server, workdir))
         # The relays run in a process of their own, as in berthd: sharing this process's
         # GIL with the measuring loop would charge Berth for the benchmark's own work.
         paths.update(

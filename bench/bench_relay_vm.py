@@ -56,6 +56,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.bench_relay import keepalive_sampler, newconn_sampler, pct  # noqa: E402
+from tests.openssh_reference import pinned_known_hosts, ssh_base, ssh_forward  # noqa: E402
 from vm_backend.machine.keys import ensure_machine_keys  # noqa: E402
 from vm_backend.machine.relay import GUEST_DOCKER_SOCKET, EngineSocketRelay  # noqa: E402
 from vm_backend.machine.ssh import GuestSSH  # noqa: E402
@@ -290,15 +291,6 @@ def unpopulate(sock: str) -> None:
                        check=False, timeout=300)
 
 
-def ssh_base(port: int, client_key: Path, known: Path) -> list[str]:
-    return [
-        "ssh", "-p", str(port), "-i", str(client_key),
-        "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
-        "-o", "GlobalKnownHostsFile=/dev/null", "-o", "IdentitiesOnly=yes",
-        "-o", "BatchMode=yes", "-F", "/dev/null",
-    ]
-
-
 def algo_args(spec: str) -> list[str]:
     """``cipher`` or ``cipher/mac`` as ssh options."""
     cipher, _, mac = spec.partition("/")
@@ -314,24 +306,11 @@ def ssh_negotiated(base: list[str], extra: list[str]) -> str:
 
 
 @contextmanager
-def ssh_forward(base: list[str], extra: list[str], local: Path) -> Iterator[tuple[str, int]]:
+def ssh_forward_sock(base: list[str], extra: list[str], local: Path) -> Iterator[tuple[str, int]]:
     """OpenSSH's forward to the guest's docker.sock; yields (host socket, ssh pid)."""
-    proc = subprocess.Popen(
-        [*base, "-N", *extra, "-o", "ExitOnForwardFailure=yes",
-         "-L", f"{local}:{GUEST_DOCKER_SOCKET}", "root@127.0.0.1"],
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not local.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                raise RuntimeError(f"ssh -L did not start: {err}")
-            time.sleep(0.05)
+    forward = f"{local}:{GUEST_DOCKER_SOCKET}"
+    with ssh_forward(base, forward, local.exists, extra=extra, timeout=120) as proc:
         yield str(local), proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @contextmanager
@@ -453,8 +432,7 @@ def main() -> None:
         populate(sock, args.containers)
         if not args.keep:
             stack.callback(unpopulate, sock)
-        known = workdir / "known_hosts"
-        known.write_text(f"[127.0.0.1]:{port} {keys.host.public_openssh}\n")
+        known = pinned_known_hosts(workdir, port, keys.host.public_openssh)
         base = ssh_base(port, keys.client.private_path, known)
 
         # The bench's own session: the in-guest loop and the CPU probes (its sshd is
@@ -467,12 +445,12 @@ def main() -> None:
         negotiated: dict[str, str] = {"berthd relay": negotiated_of(guest) + " (same offer)"}
         negotiated["ssh -L"] = ssh_negotiated(base, [])
         paths["ssh -L"], pids["ssh -L"] = stack.enter_context(
-            ssh_forward(base, [], workdir / "ssh-L.sock"))
+            ssh_forward_sock(base, [], workdir / "ssh-L.sock"))
         for i, spec in enumerate(ssh_specs):
             name = f"ssh -L {spec}"
             negotiated[name] = ssh_negotiated(base, algo_args(spec))
             paths[name], pids[name] = stack.enter_context(
-                ssh_forward(base, algo_args(spec), workdir / f"ssh-L{i}.sock"))
+                ssh_forward_sock(base, algo_args(spec), workdir / f"ssh-L{i}.sock"))
         for spec in berth_specs:
             name = f"berth {spec}"
             paths[name], negotiated[name], pids[name] = stack.enter_context(relay_child(

@@ -32,6 +32,7 @@ import pytest
 from tests.berth_cli import run_berth
 from tests.integration.sshd_fixtures import *  # noqa: F403 - the sshd_server fixture
 from tests.integration.sshd_fixtures import DOCKER_SOCK, SshdServer, need_sshd
+from tests.openssh_reference import pinned_known_hosts, ssh_base, ssh_forward
 from vm_backend.daemon.client import DaemonClient
 from vm_backend.daemon.service import find_guest_image
 from vm_backend.engine.client import EngineClient
@@ -206,27 +207,11 @@ def _download(url: str) -> tuple[str, float]:
 @contextlib.contextmanager
 def ssh_tunnel(server: SshdServer, workdir: Path, local: int, remote: int) -> Iterator[None]:
     """OpenSSH's own TCP forward to the same sshd and port, pinned like ours."""
-    known = workdir / "known_hosts"
-    known.write_text(f"[127.0.0.1]:{server.port} {server.keys.host.public_openssh}\n")
-    proc = subprocess.Popen(
-        [
-            "ssh", "-N", "-p", str(server.port), "-i", str(server.keys.client.private_path),
-            "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
-            "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes",
-            "-L", f"127.0.0.1:{local}:127.0.0.1:{remote}", "root@127.0.0.1",
-        ],
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        if wait_for(lambda: is_port_listening(local) or proc.poll() is not None, 15) is None:
-            raise RuntimeError("ssh -L did not start")
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            raise RuntimeError(f"ssh -L failed: {err}")
+    known = pinned_known_hosts(workdir, server.port, server.keys.host.public_openssh)
+    base = ssh_base(server.port, server.keys.client.private_path, known)
+    forward = f"127.0.0.1:{local}:127.0.0.1:{remote}"
+    with ssh_forward(base, forward, lambda: is_port_listening(local), timeout=15):
         yield
-    finally:
-        proc.terminate()
-        proc.wait(5)
 
 
 def test_256_mib_with_sha256_and_ssh_L_reference(
