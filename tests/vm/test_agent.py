@@ -37,16 +37,28 @@ TCP_PORT = 18080
 BUSY_PORT = 18081
 UDP_CONTAINER_PORT = 18082
 UDP_GUEST_PORT = 18083
-# A UDP echo server run in the guest by its own python3 (the test image's busybox has
-# no UDP server); the agent finds it in the guest's socket table (the fallback path).
-UDP_ECHO = (
-    "import socket\n"
-    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-    f"s.bind(('0.0.0.0', {UDP_GUEST_PORT}))\n"
-    "while True:\n"
-    "    d, a = s.recvfrom(65535)\n"
-    "    s.sendto(b'echo:' + d, a)\n"
-)
+
+
+def udp_echo(port: int) -> str:
+    """A UDP echo server for the guest's own python3 (the test image's busybox has none)."""
+    return (
+        "import socket\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        f"s.bind(('0.0.0.0', {port}))\n"
+        "while True:\n"
+        "    d, a = s.recvfrom(65535)\n"
+        "    s.sendto(b'echo:' + d, a)\n"
+    )
+
+
+# Run in the guest, the agent finds it in the guest's socket table (the fallback path).
+UDP_ECHO = udp_echo(UDP_GUEST_PORT)
+# The same server in a container: the busybox image with the guest's /usr mounted read-only
+# (Debian's merged /usr: /lib and /lib64 are in it), so a published UDP port has a server.
+UDP_CONTAINER_RUN = (
+    "-v", "/usr:/usr:ro", "-v", "/usr/lib:/lib:ro", "-v", "/usr/lib64:/lib64:ro",
+    HOST_IMAGE, "/usr/bin/python3", "-c", udp_echo(9999),
+)  # fmt: skip
 
 
 def wait_for(pred: Callable[[], bool], timeout: float, interval: float = 0.1) -> float | None:
@@ -125,6 +137,39 @@ def agent(svc: MachineService) -> AgentClient:
     assert client is not None, "berthd did not start an agent client"
     assert client.wait_for(lambda s: s.connected, 120), client.snapshot()
     return client
+
+
+def udp_round_trips(port: int, within: float = 90.0) -> bool:
+    """Once the server answers (within ``within`` s: python3 starts slowly under TCG),
+    datagrams to 127.0.0.1:port come back echoed (some may be lost: UDP); a 60,000-byte
+    one comes back whole."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(1)
+        deadline = time.monotonic() + within
+        while True:
+            client.sendto(b"ping up?", ("127.0.0.1", port))
+            try:
+                if client.recvfrom(65535)[0] == b"echo:ping up?":
+                    break
+            except (TimeoutError, ConnectionRefusedError):
+                pass
+            if time.monotonic() > deadline:
+                return False
+        client.settimeout(2)
+        answers = []
+        for i in range(20):
+            client.sendto(f"ping {i}".encode(), ("127.0.0.1", port))
+            try:
+                answers.append(client.recvfrom(65535)[0])
+            except (TimeoutError, ConnectionRefusedError):
+                continue
+        if not answers or not all(a.startswith(b"echo:ping ") for a in answers):
+            return False
+        big = os.urandom(60000)
+        client.settimeout(10)
+        client.sendto(big, ("127.0.0.1", port))
+        # Late echoes of the small ones may come first.
+        return any(client.recvfrom(65535)[0] == b"echo:" + big for _ in range(25))
 
 
 def row(svc: MachineService, port: int, protocol: str) -> dict[str, object] | None:
@@ -229,9 +274,7 @@ def test_udp_published_and_forwarded(svc: MachineService) -> None:
         "agent-udp",
         "-p",
         f"{UDP_CONTAINER_PORT}:9999/udp",
-        HOST_IMAGE,
-        "sleep",
-        "600",
+        *UDP_CONTAINER_RUN,
     )
     try:
         assert run.returncode == 0, run.stderr
@@ -247,26 +290,14 @@ def test_udp_published_and_forwarded(svc: MachineService) -> None:
         # A container's port on all interfaces: a QEMU hostfwd rule, QEMU's socket.
         assert (row(svc, UDP_CONTAINER_PORT, "udp") or {}).get("via") == "hostfwd"
         assert qemu_listens(svc, UDP_CONTAINER_PORT) == ["127.0.0.1"]
+        # ...and datagrams round-trip to the container through it (and dockerd's proxy).
+        assert udp_round_trips(UDP_CONTAINER_PORT), "no UDP answer from the container"
         # A guest program's UDP port, found in the guest's socket table: round trips.
         assert wait_for(lambda: row(svc, UDP_GUEST_PORT, "udp") is not None, 60) is not None
         r = row(svc, UDP_GUEST_PORT, "udp")
         assert r is not None and r["source"] == "listener" and r["container_name"] == "python3"
         assert r["via"] == "ssh"  # a guest program's listener: through the agent (SSH)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
-            client.settimeout(2)
-            answers = []
-            for i in range(20):
-                client.sendto(f"ping {i}".encode(), ("127.0.0.1", UDP_GUEST_PORT))
-                try:
-                    answers.append(client.recvfrom(65535)[0])
-                except TimeoutError:
-                    continue
-            assert answers, "no UDP answer through the forward"
-            assert all(a.startswith(b"echo:ping ") for a in answers)
-            big = os.urandom(60000)
-            client.settimeout(10)
-            client.sendto(big, ("127.0.0.1", UDP_GUEST_PORT))
-            assert client.recvfrom(65535)[0] == b"echo:" + big
+        assert udp_round_trips(UDP_GUEST_PORT), "no UDP answer through the forward"
     finally:
         echo.close()
         docker(svc, "rm", "-f", "agent-udp")
