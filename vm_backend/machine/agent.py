@@ -361,6 +361,11 @@ class AgentClient:
                 disk_free_bytes=_int(disk.get("free_bytes")),
                 cpu_percent=_float(resources.get("cpu_percent")),
             )
+        clock = message.get("clock")
+        if isinstance(clock, dict):
+            # The count is the agent process's own: after a reconnect to a restarted agent
+            # the snapshot, not the next heartbeat, must replace the old process's count.
+            changes["clock_corrections"] = int(_int(clock.get("corrections")) or 0)
         if changes:
             self._update(**changes)
 

@@ -341,3 +341,24 @@ def test_one_heartbeat_in_flight_at_a_time(clients: list[AgentClient]) -> None:
     assert client.wait_for(lambda s: s.connected, 10)
     time.sleep(1.0)  # 20 heartbeat periods
     assert [m["type"] for m in received] == ["heartbeat"]
+
+
+def test_a_restarted_agents_count_replaces_the_old_one_on_connect(
+    clients: list[AgentClient],
+) -> None:
+    """The snapshot after hello carries the new agent process's clock count, so nothing
+    compares against the dead process's count until the next heartbeat."""
+    hello = {"type": "hello", "protocol": 1, "agent_version": "1", "boot_id": "b"}
+    counts = iter([3, 0])
+
+    def serve(conn: socket.socket) -> None:
+        clock = {"guest_time": time.time(), "corrections": next(counts), "last_offset_s": 0}
+        _scripted([hello, {"type": "snapshot", "ports": [], "clock": clock}])(conn)
+
+    ssh = FakeSSH(serve)
+    # Heartbeats far apart: only the snapshots can carry the counts.
+    client = make_client(clients, ssh, heartbeat_s=60)
+    assert client.wait_for(lambda s: s.connected and s.clock_corrections == 3, 10)
+    ssh.far[-1].shutdown(socket.SHUT_RDWR)  # the agent dies; a new one starts
+    assert client.wait_for(lambda s: s.connected and s.connects >= 2, 10), client.snapshot()
+    assert client.snapshot().clock_corrections == 0
