@@ -8,9 +8,11 @@ does on a macOS or Windows host.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from vm_backend.daemon.service import MachineService
+from vm_backend.errors import BerthError
 from vm_backend.machine.hostinfo import Arch
 from vm_backend.machine.image import GuestImage
 from vm_backend.machine.spec import Accelerator, MachineSpec, Share
@@ -171,3 +174,40 @@ def test_sftp_share_cannot_reach_outside_its_folder(vm: SharedVM) -> None:
         assert "host secret" not in run.stdout
     finally:
         (d / "escape").unlink()
+
+
+def test_sftp_shares_are_mounted_again_after_the_ssh_session_drops(vm: SharedVM) -> None:
+    """Last in the module: it cuts berthd's SSH session to the VM, as a network hiccup or a
+    host sleep does, by killing the guest's sshd process that serves it."""
+    ssh = vm.service.ssh
+    assert ssh is not None
+
+    def states() -> dict[str, str]:
+        return {r["tag"]: r["state"] for r in vm.service.status_json()["shares"]}
+
+    assert states()["sftprw"] == "mounted"
+    # The nearest sshd above this command serves berthd's whole session (every channel).
+    kill_session = (
+        'p=$PPID; while [ "$(cat /proc/$p/comm)" != sshd ]; do'
+        ' set -- $(cat /proc/$p/stat); p=$4; done; kill -9 "$p"'
+    )
+    with contextlib.suppress(BerthError):  # this very exec goes down with the session
+        ssh.exec(["sh", "-c", kill_session], timeout=20)
+    deadline = time.monotonic() + 30
+    while states()["sftprw"] == "mounted" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert states()["sftprw"] != "mounted", "the session did not drop"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        now = states()
+        if now["sftprw"] == now["sftpro"] == "mounted":
+            break
+        time.sleep(0.5)
+    assert states() == dict.fromkeys(vm.dirs, "mounted"), vm.service.status_json()["shares"]
+    d = vm.dirs["sftprw"]
+    secret = uuid.uuid4().hex
+    (d / "after-drop.txt").write_text(secret + "\n")
+    run = run_in_container(vm, d, "cat /data/after-drop.txt && echo back > /data/back.txt")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == secret
+    assert (d / "back.txt").read_text() == "back\n"

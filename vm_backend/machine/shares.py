@@ -50,6 +50,10 @@ log = logging.getLogger(__name__)
 #: Where the guest init writes the result of each 9p mount (TAG, ok|failed, detail).
 GUEST_STATUS_FILE = "/run/berth/shares.status"
 #: How long an sshfs mount may take to appear (TCG under load is slow to start sshfs).
+#: After its channel closes an SFTP share is mounted again, up to this many times in a
+#: row for mounts that lived less than REMOUNT_RESET_S each.
+REMOUNT_MAX_TRIES = 5
+REMOUNT_RESET_S = 60.0
 SFTP_MOUNT_TIMEOUT_S = 60.0
 
 class ShareTransport(enum.Enum):
@@ -412,6 +416,7 @@ class _SftpMount:
     def __init__(self, channel: Channel, thread: threading.Thread) -> None:
         self.channel = channel
         self.thread = thread
+        self.started = time.monotonic()
 
 
 class ShareManager:
@@ -429,6 +434,8 @@ class ShareManager:
             for p in self.plans
         }
         self._mounts: dict[str, _SftpMount] = {}
+        self._stopping = threading.Event()
+        self._remounts: dict[str, int] = {}  # tag → remounts in a row of short-lived mounts
 
     def table(self) -> list[ShareStatus]:
         with self._lock:
@@ -525,9 +532,52 @@ class ShareManager:
         finally:
             with self._lock:
                 current = self._status.get(plan.tag)
-                still_ours = self._mounts.get(plan.tag) is not None
-            if current is not None and still_ours and current.state == ShareState.MOUNTED.value:
-                self._set(plan.tag, ShareState.FAILED, "the SSH channel serving it closed")
+                mount = self._mounts.get(plan.tag)
+                still_ours = mount is not None and mount.channel is channel
+            mounted = current is not None and current.state == ShareState.MOUNTED.value
+            if still_ours and mounted and not self._stopping.is_set():
+                # The SSH session dropped (or sshfs ended): mount it again once SSH is back.
+                self._set(
+                    plan.tag, ShareState.FAILED,
+                    "the SSH channel serving it closed; mounting it again when SSH is back",
+                )
+                threading.Thread(
+                    target=self._remount, args=(plan, channel),
+                    name=f"sftp-remount-{plan.tag}", daemon=True,
+                ).start()
+
+    def _remount(self, plan: PlannedShare, dead: Channel) -> None:
+        """Mount ``plan`` again after its channel closed; gives up after a few mounts in a
+        row that each ended within a minute (sshfs failing, not a dropped session)."""
+        with self._lock:
+            mount = self._mounts.get(plan.tag)
+            if mount is None or mount.channel is not dead:
+                return  # stopped, or mounted again meanwhile
+            del self._mounts[plan.tag]
+            lived = time.monotonic() - mount.started
+            tries = 0 if lived > REMOUNT_RESET_S else self._remounts.get(plan.tag, 0)
+            self._remounts[plan.tag] = tries + 1
+        with contextlib.suppress(Exception):
+            mount.channel.close()
+        if tries >= REMOUNT_MAX_TRIES:
+            self._set(
+                plan.tag, ShareState.FAILED,
+                "the SSH channel serving it keeps closing; restart the machine to mount it",
+            )
+            return
+        self._stopping.wait(min(2.0**tries, 30.0))
+        while not self._stopping.is_set():
+            try:
+                self.ssh.wait_connected(timeout=60)
+                self._mount_sftp(plan)
+                log.info("share %s mounted again after its SSH channel closed", plan.tag)
+                return
+            except BerthError as err:
+                if self.ssh.state is SSHState.CONNECTED:  # SSH is fine: the mount is not
+                    log.warning("share %s not mounted again: %s", plan.tag, err)
+                    self._set(plan.tag, ShareState.FAILED, str(err))
+                    return
+            self._stopping.wait(1.0)
 
     def _drop(self, tag: str) -> None:
         with self._lock:
@@ -538,6 +588,7 @@ class ShareManager:
 
     def stop(self) -> None:
         """Unmount the SFTP shares (the 9p ones go with the VM) and end their servers."""
+        self._stopping.set()
         with self._lock:
             tags = list(self._mounts)
         for tag in tags:
