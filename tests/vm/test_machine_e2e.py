@@ -62,6 +62,16 @@ def vm_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield home
     run_berth(home, "machine", "stop", "--timeout", "20")
     subprocess.run(["pkill", "-f", f"vm_backend.daemon.server --home {home}"], check=False)
+    # berthd's own log goes with the folder: its tail is what explains a failure here.
+    log = home / "daemon" / "berthd.log"
+    if os.environ.get("BERTH_KEEP_LOGS"):
+        shutil.copytree(home, os.environ["BERTH_KEEP_LOGS"], ignore_dangling_symlinks=True,
+                        ignore=shutil.ignore_patterns("*.qcow2", "*.sock", "*.squashfs", "vmlinuz"))
+    console = home / "machines" / "default" / "console.log"
+    for name, path, lines in (("berthd.log", log, 80), ("console.log", console, 60)):
+        if path.exists():
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            print(f"---- {name} (tail) ----\n" + "\n".join(tail))
     shutil.rmtree(home, ignore_errors=True)
 
 
