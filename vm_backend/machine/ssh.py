@@ -69,6 +69,14 @@ MACS: tuple[str, ...] = (
 )
 
 
+
+#: A liveness probe waits this long at least for the guest's answer, and the session is
+#: dropped only after this many probes in a row went unanswered.
+PROBE_TIMEOUT_FLOOR_S = 20.0
+PROBE_FAILURES_TO_DROP = 2
+#: The SSH handshake (banner, key exchange, auth) may take this long at least.
+HANDSHAKE_TIMEOUT_FLOOR_S = 30.0
+
 class SSHState(enum.Enum):
     """Where the session stands; reported to ``on_state`` on every change."""
 
@@ -561,10 +569,14 @@ class GuestSSH:
             options.key_types = [KEY_TYPE]
             options.ciphers = self._ciphers
             options.digests = self._macs
-            transport.banner_timeout = self._connect_timeout_s
-            transport.auth_timeout = self._connect_timeout_s
+            # A guest under TCG on a loaded host can take well over 10 s to fork sshd and
+            # do the key exchange; a handshake given up early leaves that sshd working in
+            # the guest (until LoginGraceTime), so quick retries only slow it further.
+            handshake_s = max(self._connect_timeout_s, HANDSHAKE_TIMEOUT_FLOOR_S)
+            transport.banner_timeout = handshake_s
+            transport.auth_timeout = handshake_s
             try:
-                transport.start_client(timeout=self._connect_timeout_s)
+                transport.start_client(timeout=handshake_s)
             except (OSError, EOFError, paramiko.SSHException) as exc:
                 raise GuestSSHError(
                     f"the SSH handshake with {where} failed: {exc}",
@@ -612,24 +624,38 @@ class GuestSSH:
         opening and closing a session channel needs a round trip and costs the guest no
         process."""
         try:
-            transport.open_session(timeout=max(self._keepalive_s * 2, 5.0)).close()
+            timeout = max(self._keepalive_s * 4, PROBE_TIMEOUT_FLOOR_S)
+            transport.open_session(timeout=timeout).close()
             return True
         except (OSError, EOFError, paramiko.SSHException):
             return False
 
     def _monitor_loop(self) -> None:
+        failures = 0  # liveness probes in a row that got no answer, on this transport
+        probed: _BerthTransport | None = None
         while True:
             with self._cond:
                 if self._closed():
                     return
                 transport = self._transport
             if transport is not None:
+                if transport is not probed:
+                    probed, failures = transport, 0
                 # Transport is a Thread: join() returns when its reader loop ends, so
                 # waiting here costs nothing and a drop is noticed at once.
                 transport.join(self._probe_interval_s)
                 if transport.is_alive() and transport.is_active():
-                    if not self._probe(transport):
-                        log.warning("SSH liveness probe to %s:%s failed", self.host, self.port)
+                    if self._probe(transport):
+                        failures = 0
+                        continue
+                    failures += 1
+                    log.warning(
+                        "SSH liveness probe to %s:%s failed (%d of %d)",
+                        self.host, self.port, failures, PROBE_FAILURES_TO_DROP,
+                    )
+                    # Dropping the session ends every relayed request on it: a guest that
+                    # is only slow (TCG, a container starting) gets a second chance.
+                    if failures >= PROBE_FAILURES_TO_DROP:
                         transport.close()
                     continue
                 transport.close()
