@@ -5,7 +5,9 @@ same local sshd (standing in for the VM's), measured side by side in one run:
 
 * direct            - the engine's own unix socket (baseline)
 * ssh -L            - OpenSSH: ``ssh -N -L <sock>:/var/run/docker.sock`` (the reference)
-* berth streamlocal - EngineSocketRelay, direct-streamlocal@openssh.com channels
+* berth streamlocal - EngineSocketRelay, direct-streamlocal@openssh.com channels, with
+                      berthd's spare channels (``ENGINE_SPARE_CHANNELS``)
+* berth no spares   - the same opening each client's channel when the client comes
 * berth buffered    - the same with ``direct_delivery`` off (every reply through the
                       downstream pump thread, as before the fast path)
 * berth dial-stdio  - EngineSocketRelay, ``docker system dial-stdio`` per connection
@@ -49,7 +51,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.integration.sshd_fixtures import DOCKER_SOCK, SshdServer, start_sshd
 from tests.openssh_reference import pinned_known_hosts, ssh_base, ssh_forward
-from vm_backend.machine.relay import EngineSocketRelay, RelayMechanism
+from vm_backend.machine.relay import (
+    ENGINE_SPARE_CHANNELS,
+    EngineSocketRelay,
+    RelayMechanism,
+)
 from vm_backend.machine.ssh import GuestSSH
 
 ENDPOINTS = ("/_ping", "/containers/json?all=1")
@@ -232,12 +238,15 @@ def serve(port: int, client_key: str, host_pub: str, workdir: Path, dial_stdio: 
     guest = GuestSSH(port, Path(client_key), host_pub)
     guest.connect()
     relays = []
-    variants = [("berth streamlocal", RelayMechanism.STREAMLOCAL, True),
-                ("berth buffered", RelayMechanism.STREAMLOCAL, False)]
+    spares = ENGINE_SPARE_CHANNELS  # as berthd's engine socket
+    variants = [("berth streamlocal", RelayMechanism.STREAMLOCAL, True, spares),
+                ("berth no spares", RelayMechanism.STREAMLOCAL, True, 0),
+                ("berth buffered", RelayMechanism.STREAMLOCAL, False, spares)]
     if dial_stdio:
-        variants.append(("berth dial-stdio", RelayMechanism.DIAL_STDIO, True))
-    for i, (name, mech, direct) in enumerate(variants):
-        relay = EngineSocketRelay(guest, workdir / f"r{i}" / "d.sock", mechanism=mech)
+        variants.append(("berth dial-stdio", RelayMechanism.DIAL_STDIO, True, spares))
+    for i, (name, mech, direct, spare) in enumerate(variants):
+        relay = EngineSocketRelay(guest, workdir / f"r{i}" / "d.sock", mechanism=mech,
+                                  spare_channels=spare)
         relay.direct_delivery = direct
         relay.start()
         relays.append(relay)

@@ -58,7 +58,11 @@ sys.path.insert(0, str(REPO))
 from bench.bench_relay import keepalive_sampler, newconn_sampler, pct  # noqa: E402
 from tests.openssh_reference import pinned_known_hosts, ssh_base, ssh_forward  # noqa: E402
 from vm_backend.machine.keys import ensure_machine_keys  # noqa: E402
-from vm_backend.machine.relay import GUEST_DOCKER_SOCKET, EngineSocketRelay  # noqa: E402
+from vm_backend.machine.relay import (  # noqa: E402
+    ENGINE_SPARE_CHANNELS,
+    GUEST_DOCKER_SOCKET,
+    EngineSocketRelay,
+)
 from vm_backend.machine.ssh import GuestSSH  # noqa: E402
 
 ENDPOINTS = ("/_ping", "/containers/json?all=1")
@@ -315,12 +319,14 @@ def ssh_forward_sock(base: list[str], extra: list[str], local: Path) -> Iterator
 
 @contextmanager
 def relay_child(port: int, client_key: Path, host_pub: str, workdir: Path,
-                spec: str) -> Iterator[tuple[str, str, int]]:
-    """Berth's relay in a child process over a GuestSSH offering only ``spec``;
-    yields (host socket, negotiated algorithms, pid)."""
+                spec: str, spares: int = ENGINE_SPARE_CHANNELS
+                ) -> Iterator[tuple[str, str, int]]:
+    """Berth's relay in a child process over a GuestSSH offering only ``spec`` (all of
+    Berth's algorithms if empty), with ``spares`` spare channels; yields (host socket,
+    negotiated algorithms, pid)."""
     proc = subprocess.Popen(
         [sys.executable, __file__, "--serve", json.dumps([port, str(client_key), host_pub,
-                                                          str(workdir), spec])],
+                                                          str(workdir), spec, spares])],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
     )
     try:
@@ -348,12 +354,13 @@ def negotiated_of(guest: GuestSSH) -> str:
 
 def serve(arg: str) -> None:
     """Child mode: one GuestSSH + EngineSocketRelay offering one cipher spec, until EOF."""
-    port, client_key, host_pub, workdir, spec = json.loads(arg)
+    port, client_key, host_pub, workdir, spec, spares = json.loads(arg)
     cipher, _, mac = spec.partition("/")
-    guest = GuestSSH(port, Path(client_key), host_pub, ciphers=[cipher],
+    guest = GuestSSH(port, Path(client_key), host_pub, ciphers=[cipher] if cipher else None,
                      macs=[mac] if mac else None, connect_timeout_s=60)
     guest.connect(retry_for_s=60)
-    relay = EngineSocketRelay(guest, Path(workdir) / f"r-{os.getpid()}" / "d.sock")
+    relay = EngineSocketRelay(guest, Path(workdir) / f"r-{os.getpid()}" / "d.sock",
+                              spare_channels=spares)
     relay.start()
     print(f"{relay.socket_path}\t{negotiated_of(guest)}", flush=True)
     sys.stdin.read()
@@ -407,6 +414,9 @@ def main() -> None:
                         help="extra ssh -L paths forced to this cipher (repeatable)")
     parser.add_argument("--berth-cipher", action="append", default=None, metavar="C[/MAC]",
                         help="extra Berth relays offering only this cipher (repeatable)")
+    parser.add_argument("--berth-no-spares", action="store_true",
+                        help="also Berth's relay without spare channels (berthd has "
+                             f"{ENGINE_SPARE_CHANNELS}), in a child process")
     parser.add_argument("--home", type=Path, default=None,
                         help="BERTH_HOME to use (default: a fresh one under /tmp)")
     parser.add_argument("--keep", action="store_true",
@@ -455,6 +465,10 @@ def main() -> None:
             name = f"berth {spec}"
             paths[name], negotiated[name], pids[name] = stack.enter_context(relay_child(
                 port, keys.client.private_path, keys.host.public_openssh, workdir, spec))
+        if args.berth_no_spares:
+            name = "berth no spares"
+            paths[name], negotiated[name], pids[name] = stack.enter_context(relay_child(
+                port, keys.client.private_path, keys.host.public_openssh, workdir, "", 0))
         ports = {name: client_port(pid, port) if pid else None for name, pid in pids.items()}
         watched = sorted(p for p in ports.values() if p is not None)
 

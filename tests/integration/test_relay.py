@@ -38,7 +38,11 @@ from tests.integration.sshd_fixtures import (
 )
 from vm_backend.machine.keys import ensure_machine_keys
 from vm_backend.machine.ports import pick_free_port
-from vm_backend.machine.relay import EngineSocketRelay, RelayMechanism
+from vm_backend.machine.relay import (
+    ENGINE_SPARE_CHANNELS,
+    EngineSocketRelay,
+    RelayMechanism,
+)
 from vm_backend.machine.ssh import GuestSSH, GuestSSHError, SSHState
 
 __all__ = ["sshd_server"]  # re-exported fixture: pytest finds it through this module
@@ -97,7 +101,9 @@ def relay(
     request: pytest.FixtureRequest, guest: GuestSSH, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[EngineSocketRelay]:
     path = tmp_path_factory.mktemp("relay") / "run" / "docker.sock"
-    r = EngineSocketRelay(guest, path, mechanism=request.param)
+    # streamlocal as berthd runs it, with spare channels; dial-stdio opens per client.
+    spares = ENGINE_SPARE_CHANNELS if request.param is RelayMechanism.STREAMLOCAL else 0
+    r = EngineSocketRelay(guest, path, mechanism=request.param, spare_channels=spares)
     r.start()
     try:
         yield r

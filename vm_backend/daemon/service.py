@@ -29,7 +29,7 @@ from vm_backend.machine.image import GuestImage, ImageError
 from vm_backend.machine.keys import ensure_machine_keys
 from vm_backend.machine.machine import Machine, MachineState, MachineStatus, StopOutcome
 from vm_backend.machine.portfwd import PortForwarder
-from vm_backend.machine.relay import EngineSocketRelay
+from vm_backend.machine.relay import ENGINE_SPARE_CHANNELS, EngineSocketRelay
 from vm_backend.machine.shares import ShareManager
 from vm_backend.machine.spec import MachineSpec, spec_to_json
 from vm_backend.machine.ssh import GuestSSH
@@ -210,7 +210,9 @@ class MachineService:
                 )
             self.ssh.connect()
             if self.relay is None:
-                self.relay = EngineSocketRelay(self.ssh, self.engine_socket)
+                self.relay = EngineSocketRelay(
+                    self.ssh, self.engine_socket, spare_channels=ENGINE_SPARE_CHANNELS
+                )
                 self.relay.start()
         if not ping_unix(self.engine_socket):
             raise BerthError(

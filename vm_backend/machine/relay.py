@@ -35,6 +35,8 @@ import socket
 import stat
 import sys
 import threading
+import time
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -58,6 +60,14 @@ _CHUNK = 65536
 # Non-blocking send flag for the transport thread's direct writes (absent on Windows,
 # where the fast path is then off).
 _DONTWAIT: int = getattr(socket, "MSG_DONTWAIT", 0)
+# Spare channels berthd keeps open to the guest's engine socket (EngineSocketRelay's
+# ``spare_channels``): a new client gets one at once instead of waiting a round trip to the
+# guest's sshd for its channel. dockerd reads nothing from a connection until the client
+# writes, and no Docker release times out a connection that has not sent a request within
+# minutes (moby's ReadHeaderTimeout, where set, is 5 min); a spare older than
+# SPARE_MAX_AGE_S is closed unused all the same.
+ENGINE_SPARE_CHANNELS = 2
+SPARE_MAX_AGE_S = 60.0
 
 
 class RelayMechanism(enum.Enum):
@@ -546,6 +556,15 @@ class EngineSocketRelay:
     ``direct_delivery`` (on by default) lets paramiko's transport thread write the
     guest's bytes straight to the client (:class:`_DirectPipe`); off, every byte goes
     through the downstream pump thread. It exists for the benchmark's side-by-side.
+
+    ``spare_channels`` (0 by default; berthd's engine socket uses
+    :data:`ENGINE_SPARE_CHANNELS`) keeps that many channels to the guest socket opened
+    ahead of need, by a thread of their own: a new client takes one and skips the channel
+    open's round trip to the guest, and the thread opens its replacement meanwhile. Only
+    for a socket where an unused connection is harmless (the engine's); a port forward
+    must not connect to a container's port before a client does. A spare found closed
+    (the guest hung up, the SSH session dropped) or older than ``spare_max_age_s`` is
+    closed and skipped; nothing is opened while no client comes (no idle traffic).
     """
 
     direct_delivery = True
@@ -559,6 +578,8 @@ class EngineSocketRelay:
         mechanism: RelayMechanism = RelayMechanism.STREAMLOCAL,
         dial_stdio_argv: Sequence[str] = DIAL_STDIO_ARGV,
         max_connections: int = 256,
+        spare_channels: int = 0,
+        spare_max_age_s: float = SPARE_MAX_AGE_S,
     ) -> None:
         self.ssh = ssh
         self.socket_path = Path(socket_path)
@@ -575,6 +596,13 @@ class EngineSocketRelay:
         self._wake_w: int = -1
         self._accept_thread: threading.Thread | None = None
         self._idle = threading.Condition(self._lock)
+        self.spare_channels = max(0, spare_channels)
+        self.spare_max_age_s = spare_max_age_s
+        self._spares: deque[tuple[float, Channel]] = deque()
+        self._spare_lock = threading.Lock()
+        self._spare_wanted = threading.Event()
+        self._spare_stop = False
+        self._spare_thread: threading.Thread | None = None
 
     @property
     def active_connections(self) -> int:
@@ -603,6 +631,14 @@ class EngineSocketRelay:
             daemon=True,
         )
         self._accept_thread.start()
+        if self.spare_channels:
+            self._spare_stop = False
+            self._spare_wanted.set()  # the first spares, so the first client is quick too
+            self._spare_thread = threading.Thread(
+                target=self._spare_loop, name=f"berth-relay-spares:{self.socket_path.name}",
+                daemon=True,
+            )
+            self._spare_thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop accepting, cut every relayed connection, and remove the socket file.
@@ -626,6 +662,7 @@ class EngineSocketRelay:
             st = os.lstat(self.socket_path)
             if bound is not None and (st.st_ino, st.st_dev) == (bound.st_ino, bound.st_dev):
                 os.unlink(self.socket_path)
+        self._stop_spares(timeout)
         with self._lock:
             connections = list(self._connections)
         for conn in connections:
@@ -643,9 +680,95 @@ class EngineSocketRelay:
     # ----------------------------------------------------------------- internals
 
     def _open_channel(self) -> Channel:
+        if self.spare_channels:
+            spare = self._take_spare()
+            if spare is not None:
+                return spare  # replaced when this connection ends (_forget), off its path
+            self._spare_wanted.set()  # none left (a burst): refill now
+        return self._open_new_channel()
+
+    def _open_new_channel(self) -> Channel:
         if self.mechanism is RelayMechanism.STREAMLOCAL:
             return self.ssh.open_unix_socket(self.guest_socket)
         return self.ssh.open_stdio(self.dial_stdio_argv)
+
+    # ------------------------------------------------------------ spare channels
+
+    def _take_spare(self) -> Channel | None:
+        """A spare channel still fit to use, or None; unfit ones are closed on the way."""
+        now = time.monotonic()
+        while True:
+            with self._spare_lock:
+                if not self._spares:
+                    return None
+                opened, chan = self._spares.popleft()
+            if self._spare_fit(chan, opened, now):
+                return chan
+            _close_channel(chan, 0)
+
+    def _spare_fit(self, chan: Channel, opened: float, now: float) -> bool:
+        if now - opened > self.spare_max_age_s:
+            return False
+        # The guest end said nothing and closed nothing (dockerd only ever answers).
+        return not (chan.closed or chan.eof_received or chan.recv_ready())
+
+    def _spare_loop(self) -> None:
+        """Keep ``spare_channels`` spares while clients come; open nothing while idle.
+
+        Woken at start, when a connection ends (its spare is replaced then, not while its
+        request is under way) and when a client finds none left. Each round opens at
+        most ``spare_channels``: a failure to open (the VM's SSH session down) ends it, and
+        a guest that hangs up on every new connection costs one round per client, never a
+        loop; the next client wakes it again.
+        """
+        while True:
+            self._spare_wanted.wait()
+            self._spare_wanted.clear()
+            if self._spare_stop:
+                return
+            now = time.monotonic()
+            stale: list[Channel] = []
+            with self._spare_lock:
+                for _ in range(len(self._spares)):
+                    opened, chan = self._spares.popleft()
+                    if self._spare_fit(chan, opened, now):
+                        self._spares.append((opened, chan))
+                    else:
+                        stale.append(chan)
+                missing = self.spare_channels - len(self._spares)
+            for chan in stale:
+                _close_channel(chan, 0)
+            for _ in range(missing):
+                if self._spare_stop:
+                    break
+                try:
+                    chan = self._open_new_channel()
+                except Exception as exc:  # the next client tries again
+                    if isinstance(exc, (BerthError, OSError, EOFError, SSHException)):
+                        log.debug("engine socket: cannot open a spare channel: %s", exc)
+                    else:
+                        log.exception("engine socket: unexpected error opening a spare")
+                    break
+                with self._spare_lock:
+                    kept = not self._spare_stop
+                    if kept:
+                        self._spares.append((time.monotonic(), chan))
+                if not kept:
+                    _close_channel(chan, 0)
+
+    def _stop_spares(self, timeout: float) -> None:
+        thread = self._spare_thread
+        if thread is None:
+            return
+        self._spare_thread = None
+        self._spare_stop = True
+        self._spare_wanted.set()
+        thread.join(timeout)
+        with self._spare_lock:
+            spares = [c for _, c in self._spares]
+            self._spares.clear()
+        for chan in spares:
+            _close_channel(chan, 0)
 
     def _accept_loop(self) -> None:
         listener = self._listener
@@ -702,3 +825,5 @@ class EngineSocketRelay:
         with self._idle:
             self._connections.discard(conn)
             self._idle.notify_all()
+        if self.spare_channels:
+            self._spare_wanted.set()

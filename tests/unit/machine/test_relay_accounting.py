@@ -46,6 +46,24 @@ class FakeChannel:
     def recv_stderr_ready(self) -> bool:
         return False
 
+    def _peek(self) -> bytes | None:
+        """What the guest end has sent and not been read: None if nothing, b"" at EOF."""
+        if self.closed:
+            return None
+        try:
+            return self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""
+
+    @property
+    def eof_received(self) -> bool:
+        return self._peek() == b""
+
+    def recv_ready(self) -> bool:
+        return bool(self._peek())
+
     def close(self) -> None:
         self.close_calls += 1
         if not self.closed:
