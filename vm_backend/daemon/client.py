@@ -2,14 +2,15 @@
 
 :class:`DaemonClient` opens one connection per call (calls are rare and some are long).
 If the socket does not answer, :func:`ensure_daemon` starts ``berthd`` detached (its own
-session, output to ``daemon/berthd.log``) under an flock, so two clients racing to start
-it leave exactly one daemon.
+session, output to ``daemon/berthd.log``) under a lock on ``daemon/start.lock`` (flock;
+``msvcrt.locking`` on Windows, via :class:`MachineLock`), so two clients racing to start
+it leave exactly one daemon. On Windows the address is berthd's named pipe
+(:func:`vm_backend.winpipe.connect_pipe`) instead of the unix socket.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import socket
 import subprocess
@@ -17,30 +18,52 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from vm_backend.daemon.protocol import LineReader, encode
-from vm_backend.daemon.server import daemon_dir, socket_path
+from vm_backend.daemon.server import daemon_address, daemon_dir
 from vm_backend.errors import BerthError
-from vm_backend.machine.paths import ensure_private_dir
+from vm_backend.machine.lock import LockTimeout, MachineLock
+from vm_backend.machine.paths import PIPE_PREFIX, ensure_private_dir
 from vm_backend.paths import berth_home
+from vm_backend.winpipe import connect_pipe
 
 START_TIMEOUT = 15.0
+# Windows process creation flags (winbase.h): berthd outlives the console that started it.
+_DETACHED_PROCESS = 0x00000008
+_CREATE_NEW_PROCESS_GROUP = 0x00000200
+_CREATE_NO_WINDOW = 0x08000000
 
 
 class DaemonError(BerthError):
     """berthd answered with an error, or could not be reached."""
 
 
-def _connect(path: Path, timeout: float | None = 5.0) -> socket.socket:
+def _connect(address: str | Path, timeout: float | None = 5.0) -> socket.socket:
+    """A connection to berthd: its unix socket, or its named pipe on Windows.
+
+    A pipe comes back as a :class:`vm_backend.winpipe.PipeStream`, which has the socket
+    calls the callers use (recv, sendall, shutdown, close, settimeout).
+    """
+    if str(address).startswith(PIPE_PREFIX):
+        return cast(socket.socket, connect_pipe(str(address), timeout))
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
-        sock.connect(str(path))
+        sock.connect(str(address))
     except OSError:
         sock.close()
         raise
     return sock
+
+
+def daemon_answers(home: Path | None = None, timeout: float = 1.0) -> bool:
+    """Whether berthd accepts a connection now (the window's and tray's probe)."""
+    try:
+        _connect(daemon_address(home), timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 def berthd_command() -> list[str]:
@@ -51,18 +74,33 @@ def berthd_command() -> list[str]:
     return [sys.executable, "-m", "vm_backend.daemon.server"]
 
 
-def ensure_daemon(home: Path | None = None) -> Path:
-    """The daemon's socket path, starting berthd first if nothing answers there."""
+def _detach_options() -> dict[str, Any]:
+    if sys.platform == "win32":
+        return {"creationflags": _DETACHED_PROCESS | _CREATE_NEW_PROCESS_GROUP | _CREATE_NO_WINDOW}
+    return {"start_new_session": True}
+
+
+def ensure_daemon(home: Path | None = None) -> Path | str:
+    """The daemon's address (socket path, or pipe name on Windows), starting berthd first
+    if nothing answers there."""
     home = home or berth_home()
-    path = socket_path(home)
+    address = daemon_address(home)
+    path: Path | str = address if address.startswith(PIPE_PREFIX) else Path(address)
     with contextlib.suppress(OSError):
         _connect(path, 2.0).close()
         return path
     ensure_private_dir(home)
     ensure_private_dir(daemon_dir(home))
     lock_path = daemon_dir(home) / "start.lock"
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        lock = MachineLock(lock_path, timeout=4 * START_TIMEOUT)
+        lock.acquire()
+    except LockTimeout as err:
+        raise DaemonError(
+            "Another berth command has been starting berthd for too long.",
+            f"See {daemon_dir(home) / 'berthd.log'}.",
+        ) from err
+    try:
         with contextlib.suppress(OSError):
             _connect(path, 2.0).close()
             return path  # someone else started it while we waited for the lock
@@ -74,8 +112,8 @@ def ensure_daemon(home: Path | None = None) -> Path:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
-                start_new_session=True,
                 close_fds=True,
+                **_detach_options(),
             )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -88,13 +126,17 @@ def ensure_daemon(home: Path | None = None) -> Path:
                 _connect(path, 1.0).close()
                 return path
             time.sleep(0.05)
+    finally:
+        lock.release()
     raise DaemonError("berthd did not start in time.", f"See {log_path}.")
 
 
 class DaemonClient:
     def __init__(self, home: Path | None = None, autostart: bool = True) -> None:
         self.home = home or berth_home()
-        self.path = ensure_daemon(self.home) if autostart else socket_path(self.home)
+        self.path: Path | str = (
+            ensure_daemon(self.home) if autostart else daemon_address(self.home)
+        )
         self._next_id = 0
 
     def call(

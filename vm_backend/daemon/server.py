@@ -2,7 +2,10 @@
 
 Started on demand by the CLI or the window (:mod:`vm_backend.daemon.client`), it serves
 the control protocol (:mod:`vm_backend.daemon.protocol`) on ``berthd.sock``, a 0600 unix
-socket in a 0700 directory — never TCP. It outlives the window; on start it reattaches to
+socket in a 0700 directory — never TCP. On Windows it serves the same protocol, with the
+same per-connection handling (:func:`serve_connection`), on an owner-only named pipe
+``\\\\.\\pipe\\berth-<user>-<home hash>-berthd`` (:mod:`vm_backend.winpipe`; unit-tested on
+Linux with a fake, never run on Windows). It outlives the window; on start it reattaches to
 VMs that kept running while it was away. SIGTERM makes it drop its connections and exit,
 leaving VMs running (``berth machine stop`` stops them).
 """
@@ -22,15 +25,16 @@ import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 from vm_backend import __version__
 from vm_backend.daemon.protocol import PROTOCOL_VERSION, LineReader, ProtocolError, encode
 from vm_backend.daemon.service import MachineService
 from vm_backend.errors import BerthError, InputError
-from vm_backend.machine.paths import ensure_private_dir, run_dir_for
+from vm_backend.machine.paths import daemon_pipe_name, ensure_private_dir, run_dir_for
 from vm_backend.machine.spec import default_shares, spec_from_json, spec_to_json
 from vm_backend.paths import berth_home
+from vm_backend.winpipe import ListenerClosed, PipeListener, PipeStream, connect_pipe
 
 log = logging.getLogger("berthd")
 
@@ -41,6 +45,18 @@ def daemon_dir(home: Path | None = None) -> Path:
 
 def socket_path(home: Path | None = None) -> Path:
     return run_dir_for(daemon_dir(home)) / "berthd.sock"
+
+
+def use_pipes() -> bool:
+    """Whether berthd's control endpoint is a named pipe (Windows) or a unix socket."""
+    return sys.platform == "win32"
+
+
+def daemon_address(home: Path | None = None) -> str:
+    """Where berthd listens: the socket path, or on Windows the pipe name."""
+    if use_pipes():
+        return daemon_pipe_name(home or berth_home())
+    return str(socket_path(home))
 
 
 class Daemon:
@@ -193,113 +209,210 @@ class Daemon:
         return "\n".join(text.splitlines()[-max(1, min(lines, 100_000)) :])
 
 
+class Stream(Protocol):
+    """What a control connection needs: a unix socket or a :class:`PipeStream`."""
+
+    def recv(self, bufsize: int, /) -> bytes: ...
+
+    def sendall(self, data: bytes, /) -> None: ...
+
+    def shutdown(self, how: int, /) -> None: ...
+
+
+def serve_connection(daemon: Daemon, sock: Stream) -> None:
+    """Answer requests on one control connection until the client leaves."""
+    # LineReader only calls recv(); a pipe stream has it too.
+    reader = LineReader(cast(socket.socket, sock))
+    send_lock = threading.Lock()
+
+    def send(message: dict[str, Any]) -> None:
+        with send_lock:
+            sock.sendall(encode(message))
+
+    while True:
+        try:
+            request = reader.read()
+        except (ProtocolError, OSError):
+            return
+        if request is None:
+            return
+        req_id = request.get("id")
+        method = str(request.get("method") or "")
+        params = request.get("params") or {}
+        if not isinstance(params, dict):
+            send({"id": req_id, "error": {"message": "params must be an object", "hint": ""}})
+            continue
+        if method == "machine.console":
+            _console(daemon, sock, reader, req_id, params, send)
+            return
+
+        def progress(message: dict[str, Any], req_id: Any = req_id) -> None:
+            with contextlib.suppress(OSError):
+                send({"id": req_id, "progress": message})
+
+        try:
+            result = daemon.handle(method, params, progress)
+        except BerthError as err:
+            reply = {"id": req_id, "error": {"message": err.message, "hint": err.hint}}
+        except Exception as err:
+            log.exception("request %s failed", method)
+            reply = {
+                "id": req_id,
+                "error": {
+                    "message": f"{type(err).__name__}: {err}",
+                    "hint": "See the daemon log: berth machine logs --daemon",
+                },
+            }
+        else:
+            reply = {"id": req_id, "result": result}
+        try:
+            send(reply)
+        except OSError:
+            return
+
+
+def _console(
+    daemon: Daemon,
+    sock: Stream,
+    reader: LineReader,
+    req_id: Any,
+    params: dict[str, Any],
+    send: Any,
+) -> None:
+    try:
+        svc = daemon.service(str(params.get("name") or "default"))
+        console = svc.machine.console
+        if console is None:
+            raise BerthError("The VM is not running.", "Start it: berth machine start")
+    except BerthError as err:
+        send({"id": req_id, "error": {"message": err.message, "hint": err.hint}})
+        return
+    send({"id": req_id, "result": {"attached": True}})
+    done = threading.Event()
+
+    def out(data: bytes) -> None:
+        try:
+            sock.sendall(data)
+        except OSError:
+            done.set()
+
+    def console_gone() -> None:
+        # QEMU went away: end the client's session instead of waiting on its socket.
+        done.set()
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    console.on_closed(console_gone)
+    sub = console.subscribe(out, replay=bool(params.get("replay", True)))
+    try:
+        if reader.buffer:
+            console.write(reader.buffer)
+        while not done.is_set():
+            data = sock.recv(4096)
+            if not data:
+                break
+            console.write(data)
+    except OSError:
+        pass
+    finally:
+        sub.close()
+
+
 class _Handler(socketserver.BaseRequestHandler):
     server: _Server
 
     def handle(self) -> None:
-        sock: socket.socket = self.request
-        reader = LineReader(sock)
-        send_lock = threading.Lock()
-
-        def send(message: dict[str, Any]) -> None:
-            with send_lock:
-                sock.sendall(encode(message))
-
-        while True:
-            try:
-                request = reader.read()
-            except (ProtocolError, OSError):
-                return
-            if request is None:
-                return
-            req_id = request.get("id")
-            method = str(request.get("method") or "")
-            params = request.get("params") or {}
-            if not isinstance(params, dict):
-                send({"id": req_id, "error": {"message": "params must be an object", "hint": ""}})
-                continue
-            if method == "machine.console":
-                self._console(sock, reader, req_id, params, send)
-                return
-
-            def progress(message: dict[str, Any], req_id: Any = req_id) -> None:
-                with contextlib.suppress(OSError):
-                    send({"id": req_id, "progress": message})
-
-            try:
-                result = self.server.daemon.handle(method, params, progress)
-            except BerthError as err:
-                reply = {"id": req_id, "error": {"message": err.message, "hint": err.hint}}
-            except Exception as err:
-                log.exception("request %s failed", method)
-                reply = {
-                    "id": req_id,
-                    "error": {
-                        "message": f"{type(err).__name__}: {err}",
-                        "hint": "See the daemon log: berth machine logs --daemon",
-                    },
-                }
-            else:
-                reply = {"id": req_id, "result": result}
-            try:
-                send(reply)
-            except OSError:
-                return
-
-    def _console(
-        self,
-        sock: socket.socket,
-        reader: LineReader,
-        req_id: Any,
-        params: dict[str, Any],
-        send: Any,
-    ) -> None:
-        try:
-            svc = self.server.daemon.service(str(params.get("name") or "default"))
-            console = svc.machine.console
-            if console is None:
-                raise BerthError("The VM is not running.", "Start it: berth machine start")
-        except BerthError as err:
-            send({"id": req_id, "error": {"message": err.message, "hint": err.hint}})
-            return
-        send({"id": req_id, "result": {"attached": True}})
-        done = threading.Event()
-
-        def out(data: bytes) -> None:
-            try:
-                sock.sendall(data)
-            except OSError:
-                done.set()
-
-        def console_gone() -> None:
-            # QEMU went away: end the client's session instead of waiting on its socket.
-            done.set()
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-        console.on_closed(console_gone)
-        sub = console.subscribe(out, replay=bool(params.get("replay", True)))
-        try:
-            if reader.buffer:
-                console.write(reader.buffer)
-            while not done.is_set():
-                data = sock.recv(4096)
-                if not data:
-                    break
-                console.write(data)
-        except OSError:
-            pass
-        finally:
-            sub.close()
+        serve_connection(self.server.daemon, self.request)
 
 
-class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+if sys.platform == "win32":
+    # No AF_UNIX in Python on Windows: _Server is never built there (berthd serves a pipe).
+    _UnixBase = socketserver.TCPServer
+else:
+    _UnixBase = socketserver.UnixStreamServer
+
+
+class _Server(socketserver.ThreadingMixIn, _UnixBase):
     daemon_threads = True
     daemon: Daemon
 
 
-def make_server(home: Path | None = None) -> _Server:
+class _PipeServer:
+    """berthd on an owner-only named pipe (Windows): the same handling per connection as
+    the unix server, one thread per client, and the same serve/shutdown calls."""
+
+    def __init__(self, name: str) -> None:
+        self.server_address = name
+        self.daemon: Daemon
+        self._listener = PipeListener(name)
+        self._stop = threading.Event()
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._streams: set[PipeStream] = set()
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        self._stopped.clear()
+        try:
+            while not self._stop.is_set():
+                try:
+                    stream = self._listener.accept(poll_interval)
+                except TimeoutError:
+                    continue
+                except ListenerClosed:
+                    break
+                except (OSError, BerthError) as err:
+                    log.warning("berthd: cannot accept on %s: %s", self.server_address, err)
+                    time.sleep(poll_interval)
+                    continue
+                with self._lock:
+                    self._streams.add(stream)
+                threading.Thread(
+                    target=self._serve, args=(stream,), name="berthd-conn", daemon=True
+                ).start()
+        finally:
+            self._stopped.set()
+
+    def _serve(self, stream: PipeStream) -> None:
+        try:
+            serve_connection(self.daemon, stream)
+        finally:
+            with self._lock:
+                self._streams.discard(stream)
+            stream.close()
+
+    def shutdown(self) -> None:
+        """Stop serve_forever() (from another thread) and wait for it to return."""
+        self._stop.set()
+        self._listener.close()  # wakes a blocked accept
+        self._stopped.wait()
+
+    def server_close(self) -> None:
+        self._listener.close()
+        with self._lock:
+            streams = list(self._streams)
+        for stream in streams:
+            stream.close()
+
+
+def make_pipe_server(home: Path | None = None) -> _PipeServer:
+    """berthd's owner-only named pipe (Windows), and reattach to running machines."""
+    home = home or berth_home()
+    ensure_private_dir(home)
+    ensure_private_dir(daemon_dir(home))
+    name = daemon_pipe_name(home)
+    with contextlib.suppress(OSError):
+        connect_pipe(name, 1.0).close()
+        raise BerthError(f"berthd is already running on {name}.", "")
+    server = _PipeServer(name)  # PipeError if another program holds the name
+    server.daemon = Daemon(home)
+    server.daemon.reattach_all()
+    return server
+
+
+def make_server(home: Path | None = None) -> _Server | _PipeServer:
     """Bind berthd's socket (0600 in a 0700 dir) and reattach to running machines."""
+    if use_pipes():
+        return make_pipe_server(home)
     home = home or berth_home()
     ensure_private_dir(home)
     ensure_private_dir(daemon_dir(home))
@@ -326,17 +439,18 @@ def make_server(home: Path | None = None) -> _Server:
     return server
 
 
-def run_server(server: _Server) -> None:
+def run_server(server: _Server | _PipeServer) -> None:
     """Serve until shutdown(); then drop connections (VMs keep running)."""
-    path = Path(str(server.server_address))
-    log.info("berthd %s listening on %s", __version__, path)
+    address = str(server.server_address)
+    log.info("berthd %s listening on %s", __version__, address)
     try:
         server.serve_forever(poll_interval=0.5)
     finally:
         server.server_close()
         server.daemon.close()
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        if isinstance(server, _Server):
+            with contextlib.suppress(FileNotFoundError):
+                Path(address).unlink()
 
 
 def serve(home: Path | None = None) -> None:

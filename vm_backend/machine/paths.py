@@ -15,11 +15,14 @@ Layout (``$BERTH_HOME`` overrides the platform user-data dir, for tests)::
 
 The run dir is ``<state dir>/run`` when that keeps every socket path under the limit,
 otherwise ``<tmp>/berth-<uid>/<hash of state dir>``. On Windows QMP and the console are
-named pipes ``\\\\.\\pipe\\berth-<name>-qmp`` / ``-console`` instead of sockets.
+named pipes ``\\\\.\\pipe\\berth-<name>-qmp`` / ``-console`` instead of sockets, and the
+engine socket is the pipe ``\\\\.\\pipe\\berth-<name>-docker`` (``DOCKER_HOST=npipe:////./pipe/
+berth-<name>-docker``). berthd's own pipe is per user and per home (:func:`daemon_pipe_name`).
 """
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import os
 import stat
@@ -37,6 +40,22 @@ from vm_backend.errors import BerthError
 SOCKET_PATH_LIMIT = 103
 _LONGEST_SOCKET_NAME = "console.sock"
 PIPE_PREFIX = "\\\\.\\pipe\\"
+
+
+def daemon_pipe_name(home: Path) -> str:
+    """berthd's pipe on Windows: ``\\\\.\\pipe\\berth-<user>-<hash of home>-berthd``.
+
+    Pipe names are global to the machine, so the user name and a hash of the home folder
+    keep two users, or two homes of one user (tests, ``BERTH_HOME``), apart. Access is
+    still owner-only (:mod:`vm_backend.winpipe`); the name only avoids collisions.
+    """
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):
+        user = "user"
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in user)[:32] or "user"
+    digest = hashlib.sha256(os.fsencode(str(home.absolute()))).hexdigest()[:12]
+    return f"{PIPE_PREFIX}berth-{safe}-{digest}-berthd"
 
 
 class PathError(BerthError):
@@ -151,6 +170,13 @@ class MachinePaths:
         if self.windows_pipes:
             return f"{PIPE_PREFIX}berth-{self.name}-qmp"
         return str(self.run_dir / "qmp.sock")
+
+    @property
+    def engine_pipe(self) -> str | None:
+        """The engine socket's pipe name on Windows (None where it is a unix socket)."""
+        if self.windows_pipes:
+            return f"{PIPE_PREFIX}berth-{self.name}-docker"
+        return None
 
     @property
     def console_address(self) -> str:
