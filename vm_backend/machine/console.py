@@ -23,9 +23,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from vm_backend.errors import BerthError
+from vm_backend.machine.paths import PIPE_PREFIX
+from vm_backend.winpipe import connect_pipe
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +134,7 @@ class BoundedLog:
 
 
 class SerialConsole:
-    """The host end of the VM's serial console chardev socket."""
+    """The host end of the VM's serial console chardev socket (a named pipe on Windows)."""
 
     def __init__(
         self,
@@ -163,12 +165,10 @@ class SerialConsole:
         """Connect to the chardev socket (retrying while QEMU creates it) and start reading."""
         deadline = time.monotonic() + timeout
         while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                sock.connect(self.address)
+                sock = self._open(max(0.1, deadline - time.monotonic()))
                 break
             except OSError as exc:
-                sock.close()
                 if (alive is not None and not alive()) or time.monotonic() >= deadline:
                     raise ConsoleError(
                         f"Could not connect to the VM console at {self.address}: {exc}.",
@@ -179,6 +179,22 @@ class SerialConsole:
         self._stopping = False
         self._thread = threading.Thread(target=self._read_loop, name="berth-console", daemon=True)
         self._thread.start()
+
+    def _open(self, timeout: float) -> socket.socket:
+        """Connect once: the chardev's unix socket, or on Windows its named pipe."""
+        if self.address.startswith(PIPE_PREFIX):
+            # QEMU's "-chardev pipe" made \\.\pipe\<name>; a PipeStream has the socket
+            # calls used here (recv, sendall, shutdown, close). Blocking, like the socket.
+            stream = connect_pipe(self.address, timeout)
+            stream.settimeout(None)
+            return cast(socket.socket, stream)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(self.address)
+        except OSError:
+            sock.close()
+            raise
+        return sock
 
     def close(self) -> None:
         """Detach: stop the reader and close the socket and log. Subscribers are dropped."""

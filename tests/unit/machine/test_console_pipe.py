@@ -1,0 +1,66 @@
+"""The serial console over a Windows named pipe (QEMU's ``-chardev pipe``), on Linux over
+the in-memory fake of the pipe API (tests/unit/winpipe_fake.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.unit.winpipe_fake import FakeApi
+from vm_backend import winpipe
+from vm_backend.machine.console import ConsoleError, ConsoleMarker, SerialConsole
+from vm_backend.machine.paths import MachinePaths
+
+# The console connects to the name paths.py gives on Windows.
+NAME = MachinePaths.for_machine("dev", Path("/nonexistent"), windows_pipes=True).console_address
+
+
+@pytest.fixture
+def api(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
+    fake = FakeApi()
+    monkeypatch.setattr(winpipe, "default_api", lambda: fake)
+    return fake
+
+
+def test_console_reads_writes_and_sees_qemu_go(api: FakeApi, tmp_path: Path) -> None:
+    assert NAME == "\\\\.\\pipe\\berth-dev-console"
+    qemu = winpipe.PipeListener(NAME)  # stands in for QEMU's chardev pipe
+    console = SerialConsole(NAME, log_path=tmp_path / "console.log")
+    markers: list[ConsoleMarker] = []
+    gone = threading.Event()
+    console.on_marker(markers.append)
+    console.on_closed(gone.set)
+    console.connect(timeout=5)
+    guest = qemu.accept(5)
+    guest.sendall(b"boot\r\nBERTH-STAGE sshd 3.5\r\n")
+    deadline = time.monotonic() + 5
+    while not markers and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [m.stage for m in markers] == ["sshd"]
+    console.write(b"root\n")
+    assert guest.recv(100) == b"root\n"
+    guest.close()  # QEMU exits
+    assert gone.wait(5)
+    console.close()
+    qemu.close()
+    assert (tmp_path / "console.log").read_bytes().startswith(b"boot")
+
+
+def test_console_connect_retries_until_the_pipe_exists(api: FakeApi) -> None:
+    console = SerialConsole(NAME)
+    holder: list[winpipe.PipeListener] = []
+    timer = threading.Timer(0.2, lambda: holder.append(winpipe.PipeListener(NAME)))
+    timer.start()
+    console.connect(timeout=5)
+    assert console.connected
+    console.close()
+    holder[0].close()
+
+
+def test_console_connect_gives_up_with_a_clear_error(api: FakeApi) -> None:
+    console = SerialConsole(NAME)
+    with pytest.raises(ConsoleError, match="Could not connect to the VM console"):
+        console.connect(timeout=0.2)
