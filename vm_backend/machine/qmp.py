@@ -6,6 +6,13 @@ delivered to callbacks as frozen :class:`QmpEvent` values, *on the loop thread*:
 must be quick and thread-safe. A dropped connection that we did not ask for (QEMU died,
 was killed) is reported through ``on_disconnect`` — one of the two crash signals, the
 other being the process exit.
+
+On Windows QEMU's QMP endpoint is a named pipe (``-chardev pipe``, ``\\\\.\\pipe\\berth-
+<name>-qmp``). qemu.qmp only connects to unix or TCP addresses, so :class:`_QMPClient`
+overrides its ``_do_connect`` for pipe names: asyncio's Proactor loop (the default event
+loop on Windows, which :class:`EventLoopThread` uses) opens the pipe with
+``create_pipe_connection`` and qemu.qmp gets the usual StreamReader/StreamWriter.
+Unit-tested on Linux with a fake loop; never run on Windows.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from ssl import SSLContext
 from types import MappingProxyType
 from typing import Any
 
@@ -25,6 +33,7 @@ from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError, Runstate
 
 from vm_backend.errors import BerthError
 from vm_backend.machine.loopthread import EventLoopThread
+from vm_backend.machine.paths import PIPE_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +88,47 @@ def _hostfwd_rule(proto: str, host_addr: str, host_port: int) -> str:
     if not 0 < host_port < 65536:
         raise QmpError(f"{host_port} is not a TCP/UDP port.")
     return f"{proto}:{addr}:{host_port}"
+
+
+async def open_pipe_connection(
+    address: str, limit: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Streams over the named pipe ``address`` (asyncio's ``open_connection`` for pipes).
+
+    Needs a loop with ``create_pipe_connection``: the Proactor loop, Windows' default.
+    A pipe that does not exist yet raises ``OSError`` (FileNotFoundError), which
+    :meth:`QmpMonitor.connect` retries like a socket QEMU has not created yet.
+    """
+    loop = asyncio.get_running_loop()
+    create = getattr(loop, "create_pipe_connection", None)
+    if create is None:
+        raise QmpError(
+            "QEMU's control pipe needs asyncio's Proactor event loop.",
+            "Report this: Berth's event loop on Windows must be the default (Proactor).",
+        )
+    reader = asyncio.StreamReader(limit=limit, loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    transport, _ = await create(lambda: protocol, address)
+    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+    return reader, writer
+
+
+class _QMPClient(QMPClient):
+    """qemu.qmp's client, able to connect to a Windows named pipe as well."""
+
+    async def _do_connect(
+        self, address: Any, ssl: SSLContext | None = None
+    ) -> None:
+        if not (isinstance(address, str) and address.startswith(PIPE_PREFIX)):
+            await super()._do_connect(address, ssl)
+            return
+        # What qemu.qmp 0.0.3's _do_connect does, with the pipe in place of the socket.
+        assert self.runstate == Runstate.IDLE
+        self._set_state(Runstate.CONNECTING)
+        await asyncio.sleep(0)  # let runstate watchers see CONNECTING
+        self.logger.debug("Connecting to pipe %s ...", address)
+        self._reader, self._writer = await open_pipe_connection(address, self.readbuflen)
+        self.logger.debug("Connected.")
 
 
 def _address_ready(address: str) -> bool:
@@ -138,7 +188,7 @@ class QmpMonitor:
                     )
                 await asyncio.sleep(retry_interval)
                 continue
-            client = QMPClient(self._name)
+            client = _QMPClient(self._name)
             # A socket that exists but is not listening yet refuses us for a moment; that
             # is expected while QEMU starts, so keep qemu.qmp from logging it as an error.
             client.logger = _QUIET_CONNECT_LOG
