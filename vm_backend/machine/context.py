@@ -9,6 +9,8 @@ The docker CLI keeps each context in ``$DOCKER_CONFIG/contexts/meta/<sha256(name
 
 Writing it ourselves means no docker CLI is needed on the host to set Berth up, and the
 user's own CLI then sees ``docker --context berth`` / ``docker context use berth``.
+On Windows the endpoint is the engine's named pipe, ``npipe:////./pipe/berth-<machine>-
+docker`` (:func:`engine_host_url`), the docker CLI's syntax for a local pipe.
 ``currentContext`` in ``config.json`` is changed only when the caller asks
 (:func:`use_context`): switching the user's default engine is their decision.
 """
@@ -25,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from vm_backend.errors import BerthError, InputError
+from vm_backend.winpipe import pipe_url
 
 CONTEXT_NAME = "berth"
+_LOCAL_NPIPE = "npipe:////./pipe/"
 DEFAULT_DESCRIPTION = "Berth helper VM"
 
 
@@ -55,11 +59,25 @@ def _tls_dir(name: str, config_dir: Path) -> Path:
     return config_dir / "contexts" / "tls" / digest
 
 
+def engine_host_url(socket_path: Path, pipe_name: str | None = None) -> str:
+    """The ``DOCKER_HOST`` / context host of Berth's engine endpoint.
+
+    ``unix:///path/docker.sock``, or with ``pipe_name`` (Windows: ``\\\\.\\pipe\\x``)
+    ``npipe:////./pipe/x``.
+    """
+    if pipe_name is not None:
+        return pipe_url(pipe_name)
+    return f"unix://{socket_path}"
+
+
 def _write_json_atomic(path: Path, data: dict[str, Any], mode: int) -> None:
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        os.fchmod(fd, mode)
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, mode)
+        else:  # Windows (Python < 3.13): only the read-only bit exists; the profile is private
+            os.chmod(tmp, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=1)
             fh.write("\n")
@@ -98,11 +116,12 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _check_host(host: str) -> None:
-    if not host.startswith(("unix://", "npipe://")):
-        # The engine must never be reached over TCP (DESIGN.md section 7).
+    # The engine must never be reached over TCP (DESIGN.md section 7), nor over a pipe on
+    # another computer (npipe:////server/pipe/x goes over SMB): only the local "." host.
+    if not host.startswith(("unix://", _LOCAL_NPIPE)):
         raise InputError(
             f"the berth context must point at a local socket, not {host!r}",
-            "pass unix:///path/to/docker.sock (or npipe:// on Windows)",
+            f"pass unix:///path/to/docker.sock (or {_LOCAL_NPIPE}NAME on Windows)",
         )
 
 
