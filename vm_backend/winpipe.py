@@ -333,6 +333,7 @@ class PipeStream:
         self._closing = False
         self._closed_handle = False
         self._read_eof = False
+        self._read_shut = False  # shutdown(SHUT_RD/RDWR) or close(): reads end now
         self._write_shut = False
         self._write_lock = threading.Lock()
         self._timeout: float | None = None
@@ -459,6 +460,38 @@ class PipeStream:
         finally:
             self._end(ov)
 
+    def wait_peer_gone(self, timeout: float) -> bool:
+        """After the peer's half-close: True once it has closed its end (or we shut our
+        reading side / closed), False after ``timeout`` s. A pipe's ``poll(POLLHUP)``.
+
+        It reads: a broken pipe is the peer's close. Bytes a peer sends after its
+        half-close break the protocol and are dropped.
+        """
+        try:
+            self._begin()
+        except OSError:
+            return True
+        ov: Any = None
+        try:
+            try:
+                ov, _ = self._api.read_file(self.handle, _READ_SIZE)
+            except OSError:
+                return True  # broken pipe (or the handle is unusable): gone either way
+            if not self._track(ov):
+                ov.cancel()
+            finished = self._api.wait(ov, _ms(timeout))
+            if not finished:
+                ov.cancel()
+            try:
+                _, err = ov.GetOverlappedResult(True)
+            except OSError:
+                return True
+            if err == ERROR_OPERATION_ABORTED:
+                return self._read_shut  # our close/shutdown, not the timeout
+            return False
+        finally:
+            self._end(ov)
+
     def shutdown_write(self) -> None:
         """Half-close: a zero-length message, which the peer reads as EOF (once)."""
         with self._write_lock:
@@ -472,6 +505,7 @@ class PipeStream:
         reading now — a blocked ``recv`` returns ``b""`` — as a socket's shutdown does."""
         if how in (socket.SHUT_RD, socket.SHUT_RDWR):
             self._read_eof = True
+            self._read_shut = True
             with self._lock:
                 pending = list(self._pending)
             for ov in pending:
@@ -490,6 +524,7 @@ class PipeStream:
                 return
             self._closing = True
             self._read_eof = True
+            self._read_shut = True
             pending = list(self._pending)
             close_now = self._busy == 0 and not self._closed_handle
             if close_now:

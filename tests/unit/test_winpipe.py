@@ -350,3 +350,24 @@ def test_many_clients_in_turn_leave_no_handle_open(api: FakeApi) -> None:
         client.close()
     listener.close()
     assert api.open_handles() == set()
+
+
+def test_wait_peer_gone_is_the_pipes_pollhup(api: FakeApi) -> None:
+    listener, server, client = _pair(api)
+    client.shutdown(socket.SHUT_WR)
+    assert server.recv(10) == b""  # the half-close
+    assert server.wait_peer_gone(0.05) is False  # still there (may be reading)
+    server.sendall(b"still read")
+    assert client.recv(100) == b"still read"
+    threading.Timer(0.05, client.close).start()
+    assert server.wait_peer_gone(5) is True  # broken pipe: it hung up
+    listener.close()
+
+
+def test_wait_peer_gone_ends_when_we_shut_down(api: FakeApi) -> None:
+    listener, server, _client = _pair(api)
+    threading.Timer(0.05, server.shutdown, args=(socket.SHUT_RDWR,)).start()
+    started = time.monotonic()
+    assert server.wait_peer_gone(5) is True
+    assert time.monotonic() - started < 2
+    listener.close()
