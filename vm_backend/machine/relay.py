@@ -17,8 +17,12 @@ guest, so it lives in a 0700 directory owned by us and is itself 0600. It is bou
 a temporary name in that directory and renamed into place, so a symlink or file planted at
 the final path is replaced, never followed. The relay only ever connects to a socket path
 *inside the guest*, by the SSH channel; it never resolves a host path per connection
-(the CVE-2026-79994 shape). On Windows the counterpart is an owner-only named pipe, which
-is not implemented yet: :meth:`EngineSocketRelay.start` refuses with a clear error there.
+(the CVE-2026-79994 shape). On Windows the counterpart is an owner-only named pipe
+(``pipe_name``, ``\\\\.\\pipe\\berth-<machine>-docker``; :mod:`vm_backend.winpipe`: a DACL
+for the current user only, remote clients rejected, and a name another program created
+first refused). Its clients are :class:`~vm_backend.winpipe.PipeStream` objects, which
+have the socket calls the pumps make; a zero-length message is a half-close both ways (Docker's
+go-winio convention). Unit-tested on Linux over a fake pipe API; never run on Windows.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from paramiko.buffered_pipe import BufferedPipe
 from paramiko.channel import Channel
@@ -48,6 +52,7 @@ from paramiko.message import Message
 from paramiko.ssh_exception import SSHException
 
 from vm_backend.errors import BerthError
+from vm_backend.winpipe import ListenerClosed, PipeListener, PipeStream, pipe_url
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +125,8 @@ def bind_private_socket(path: Path, backlog: int = 128) -> tuple[socket.socket, 
     """
     if not hasattr(socket, "AF_UNIX"):
         raise RelayError(
-            "this platform has no unix sockets, and Berth's named-pipe relay for Windows"
-            " is not implemented yet",
-            "use the Berth window or CLI, which talk to the VM directly",
+            "this platform has no unix sockets",
+            "on Windows the engine socket is a named pipe (EngineSocketRelay's pipe_name)",
         )
     if len(os.fsencode(path)) > MAX_SOCKET_PATH:
         raise RelayError(
@@ -468,6 +472,9 @@ class _Connection:
         directions are shut: the client closed, or run_down shut ours after the channel's
         EOF, or _abort shut both, so this wait always ends and never spins.
         """
+        if isinstance(self.client, PipeStream):
+            self._wait_pipe_client_hangup(self.client)
+            return
         poller = select.poll()
         poller.register(self.client.fileno(), 0)  # 0: only HUP/ERR/NVAL wake us
         while True:
@@ -484,6 +491,19 @@ class _Connection:
             down_done = self._halves_done >= 1
         if not down_done:
             # The client went away while the guest side was still open: stop the stream.
+            self._abort("client hung up")
+
+    def _wait_pipe_client_hangup(self, client: PipeStream) -> None:
+        """:meth:`_wait_client_hangup` for a named-pipe client (Windows has no poll()): a
+        read that ends when the client closes its end stands in for POLLHUP; the down
+        half ending or an abort ends the wait too (checked each second)."""
+        while not client.wait_peer_gone(1.0):
+            with self._lock:
+                if self._halves_done >= 1 or self._aborted:
+                    break
+        with self._lock:
+            down_done = self._halves_done >= 1
+        if not down_done:
             self._abort("client hung up")
 
     def _abort(self, reason: str) -> None:
@@ -580,9 +600,13 @@ class EngineSocketRelay:
         max_connections: int = 256,
         spare_channels: int = 0,
         spare_max_age_s: float = SPARE_MAX_AGE_S,
+        pipe_name: str | None = None,
     ) -> None:
         self.ssh = ssh
         self.socket_path = Path(socket_path)
+        # Windows: serve this owner-only named pipe instead of socket_path.
+        self.pipe_name = pipe_name
+        self._pipe_listener: PipeListener | None = None
         self.guest_socket = guest_socket
         self.mechanism = mechanism
         self.dial_stdio_argv = tuple(dial_stdio_argv)
@@ -611,23 +635,29 @@ class EngineSocketRelay:
 
     @property
     def url(self) -> str:
-        """The ``DOCKER_HOST`` value for this socket."""
+        """The ``DOCKER_HOST`` value: ``unix://...``, or ``npipe:////./pipe/...``."""
+        if self.pipe_name is not None:
+            return pipe_url(self.pipe_name)
         return f"unix://{self.socket_path}"
 
     def start(self) -> None:
         """Bind the socket (see :func:`bind_private_socket`) and start accepting."""
-        if self._listener is not None:
+        if self._listener is not None or self._pipe_listener is not None:
             return
-        if sys.platform == "win32":
+        if self.pipe_name is not None:
+            self._pipe_listener = PipeListener(self.pipe_name)  # PipeError if squatted
+            target = self._accept_pipe_loop
+        elif sys.platform == "win32":
             raise RelayError(
-                "the engine socket for Windows (an owner-only named pipe) is not implemented"
-                " yet",
-                "use the Berth window or CLI meanwhile",
+                "on Windows the engine socket is a named pipe, and none was given",
+                "report this: berthd passes the machine's pipe name",
             )
-        self._listener, self._bound = bind_private_socket(self.socket_path)
-        self._wake_r, self._wake_w = os.pipe()
+        else:
+            self._listener, self._bound = bind_private_socket(self.socket_path)
+            self._wake_r, self._wake_w = os.pipe()
+            target = self._accept_loop
         self._accept_thread = threading.Thread(
-            target=self._accept_loop, name=f"berth-relay-accept:{self.socket_path.name}",
+            target=target, name=f"berth-relay-accept:{self.socket_path.name}",
             daemon=True,
         )
         self._accept_thread.start()
@@ -646,6 +676,13 @@ class EngineSocketRelay:
         The file is removed only if it still is the socket we bound (same inode), so a
         newer relay's socket at the same path is left alone.
         """
+        pipe, self._pipe_listener = self._pipe_listener, None
+        if pipe is not None:
+            pipe.close()  # wakes the accept thread's ConnectNamedPipe
+            if self._accept_thread is not None:
+                self._accept_thread.join(timeout)
+            self._end_connections(timeout)
+            return
         listener = self._listener
         if listener is None:
             return
@@ -662,6 +699,10 @@ class EngineSocketRelay:
             st = os.lstat(self.socket_path)
             if bound is not None and (st.st_ino, st.st_dev) == (bound.st_ino, bound.st_dev):
                 os.unlink(self.socket_path)
+        self._end_connections(timeout)
+
+    def _end_connections(self, timeout: float) -> None:
+        """stop(): close the spares, cut every relayed connection, wait for them."""
         self._stop_spares(timeout)
         with self._lock:
             connections = list(self._connections)
@@ -791,6 +832,27 @@ class EngineSocketRelay:
                             self._idle.wait(0.5)
                     continue
                 self._serve(client)
+
+    def _accept_pipe_loop(self) -> None:
+        """Windows: hand each pipe client to :meth:`_serve` until stop() closes the pipe."""
+        pipe = self._pipe_listener
+        if pipe is None:
+            return  # stop() came first
+        while True:
+            try:
+                client = pipe.accept()
+            except ListenerClosed:
+                return
+            except (OSError, BerthError) as exc:
+                if pipe.closed:
+                    return
+                log.warning("engine socket: cannot accept on %s: %s", self.pipe_name, exc)
+                with self._idle:
+                    self._idle.wait(0.5)
+                continue
+            # A PipeStream has the socket calls the relay makes on a client (recv,
+            # sendall, send, shutdown, close, family).
+            self._serve(cast(socket.socket, client))
 
     def _serve(self, client: socket.socket) -> None:
         with self._lock:
