@@ -22,18 +22,20 @@ from typing import Any
 from vm_backend.errors import BerthError
 from vm_backend.guest.agent import AGENT_PATH
 from vm_backend.machine.agent import AgentClient
-from vm_backend.machine.context import remove_context, write_context
+from vm_backend.machine.context import engine_host_url, remove_context, write_context
 from vm_backend.machine.disk import ReclaimResult, trim_guest
 from vm_backend.machine.hostinfo import Arch
 from vm_backend.machine.image import GuestImage, ImageError
 from vm_backend.machine.keys import ensure_machine_keys
 from vm_backend.machine.machine import Machine, MachineState, MachineStatus, StopOutcome
+from vm_backend.machine.paths import PIPE_PREFIX
 from vm_backend.machine.portfwd import PortForwarder
 from vm_backend.machine.relay import ENGINE_SPARE_CHANNELS, EngineSocketRelay
 from vm_backend.machine.shares import ShareManager
 from vm_backend.machine.spec import MachineSpec, spec_to_json
 from vm_backend.machine.ssh import GuestSSH
 from vm_backend.machine.timeline import Stage, StageRecord
+from vm_backend.winpipe import connect_pipe
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +75,21 @@ def find_guest_image(arch: Arch) -> GuestImage:
     raise ImageError(f"No {arch.value} guest image found (looked in {', '.join(tried)}).", hint)
 
 
-def ping_unix(path: Path, timeout: float = PING_TIMEOUT) -> bool:
-    """``GET /_ping`` on a unix socket; True when the engine answers OK."""
+def ping_unix(path: Path | str, timeout: float = PING_TIMEOUT) -> bool:
+    """``GET /_ping`` on a unix socket (or a Windows pipe name); True when the engine
+    answers OK."""
+    request = b"GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n"
+    data = b""
+    if str(path).startswith(PIPE_PREFIX):
+        with connect_pipe(str(path), timeout) as stream:
+            stream.sendall(request)
+            while chunk := stream.recv(4096):
+                data += chunk
+        return data.startswith(b"HTTP/1.1 200") and data.rstrip().endswith(b"OK")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(str(path))
-        sock.sendall(b"GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n")
-        data = b""
+        sock.sendall(request)
         while chunk := sock.recv(4096):
             data += chunk
     return data.startswith(b"HTTP/1.1 200") and data.rstrip().endswith(b"OK")
@@ -114,6 +124,16 @@ class MachineService:
     @property
     def engine_socket(self) -> Path:
         return self.machine.paths.run_dir / "docker.sock"
+
+    @property
+    def engine_endpoint(self) -> str:
+        """The engine socket's path, or on Windows its named pipe's name."""
+        return self.machine.paths.engine_pipe or str(self.engine_socket)
+
+    @property
+    def engine_url(self) -> str:
+        """``DOCKER_HOST`` for the engine: ``unix://...`` or ``npipe:////./pipe/...``."""
+        return engine_host_url(self.engine_socket, self.machine.paths.engine_pipe)
 
     # ---- listeners ----------------------------------------------------------------------
     def add_listener(self, callback: Callable[[dict[str, Any]], None]) -> None:
@@ -211,10 +231,11 @@ class MachineService:
             self.ssh.connect()
             if self.relay is None:
                 self.relay = EngineSocketRelay(
-                    self.ssh, self.engine_socket, spare_channels=ENGINE_SPARE_CHANNELS
+                    self.ssh, self.engine_socket, spare_channels=ENGINE_SPARE_CHANNELS,
+                    pipe_name=self.machine.paths.engine_pipe,
                 )
                 self.relay.start()
-        if not ping_unix(self.engine_socket):
+        if not ping_unix(self.engine_endpoint):
             raise BerthError(
                 "The engine socket does not answer /_ping.",
                 "See the console log (berth machine logs) for dockerd's errors.",
@@ -228,7 +249,7 @@ class MachineService:
                 has_agent = self._guest_has_agent(self.ssh)
                 ports = PortForwarder(
                     self.ssh,
-                    None if has_agent else f"unix://{self.engine_socket}",
+                    None if has_agent else self.engine_url,
                     expose_on_lan=machine.spec.expose_ports_on_lan,
                     udp=has_agent,
                     retry_interval_s=5.0 if has_agent else 0.0,
@@ -253,7 +274,7 @@ class MachineService:
         self._start_shares(machine)
         if self.manage_context:
             try:
-                write_context(f"unix://{self.engine_socket}", name=CONTEXT_NAME)
+                write_context(self.engine_url, name=CONTEXT_NAME)
             except (BerthError, OSError) as err:
                 log.warning("could not write the docker context: %s", err)
 
@@ -300,8 +321,8 @@ class MachineService:
         status = self.machine.status()
         spec = self.machine.spec if self.machine.exists else None
         doc = status_to_json(status)
-        doc["socket"] = str(self.engine_socket) if self.relay is not None else ""
-        doc["docker_host"] = f"unix://{self.engine_socket}" if self.relay is not None else ""
+        doc["socket"] = self.engine_endpoint if self.relay is not None else ""
+        doc["docker_host"] = self.engine_url if self.relay is not None else ""
         doc["spec"] = spec_to_json(spec) if spec else None
         doc["relay_connections"] = self.relay.active_connections if self.relay else 0
         ports = self.ports

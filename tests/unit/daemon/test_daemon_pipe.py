@@ -118,3 +118,25 @@ def test_shutdown_closes_every_handle(api: FakeApi, home: Path) -> None:
     idle.close()
     assert api.open_handles() == set()
     assert not daemon_answers(home)
+
+
+def test_the_engine_ping_works_over_the_engine_pipe(api: FakeApi) -> None:
+    from vm_backend.daemon.service import ping_unix
+
+    name = "\\\\.\\pipe\\berth-dev-docker"
+    listener = winpipe.PipeListener(name)
+    seen: list[bytes] = []
+
+    def engine() -> None:
+        stream = listener.accept(5)
+        seen.append(stream.recv(4096))
+        stream.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")
+        stream.shutdown(2)
+        stream.close()
+
+    t = threading.Thread(target=engine)
+    t.start()
+    assert ping_unix(name, 5)
+    t.join(5)
+    assert seen[0].startswith(b"GET /_ping HTTP/1.1\r\n")
+    listener.close()
