@@ -303,6 +303,15 @@ if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
     _WinApi = _RealWinApi
 
 
+def _cancel(ov: Overlapped) -> None:
+    """CancelIoEx on one operation. It may have completed (and its handle been closed by
+    the thread that owned it) meanwhile; _winapi then raises, which is harmless here."""
+    try:
+        ov.cancel()
+    except OSError:
+        pass
+
+
 def _ms(timeout: float | None) -> int:
     if timeout is None:
         return INFINITE
@@ -379,7 +388,7 @@ class PipeStream:
         timed_out = False
         if not self._api.wait(ov, _ms(self._timeout)):
             timed_out = True
-            ov.cancel()
+            _cancel(ov)
         # After a cancel this waits for the cancellation to land (it may have completed
         # first, with data that must not be lost).
         n, err = ov.GetOverlappedResult(True)
@@ -404,7 +413,7 @@ class PipeStream:
                     return b""
                 raise
             if not self._track(ov):
-                ov.cancel()
+                _cancel(ov)
             try:
                 n, err, timed_out = self._complete(ov)
             except OSError as exc:
@@ -449,7 +458,7 @@ class PipeStream:
         try:
             ov, err = self._api.write_file(self.handle, data)
             if not self._track(ov):
-                ov.cancel()
+                _cancel(ov)
             n, err, timed_out = self._complete(ov)
             if timed_out:
                 raise TimeoutError("timed out writing the pipe")
@@ -478,10 +487,10 @@ class PipeStream:
             except OSError:
                 return True  # broken pipe (or the handle is unusable): gone either way
             if not self._track(ov):
-                ov.cancel()
+                _cancel(ov)
             finished = self._api.wait(ov, _ms(timeout))
             if not finished:
-                ov.cancel()
+                _cancel(ov)
             try:
                 _, err = ov.GetOverlappedResult(True)
             except OSError:
@@ -509,7 +518,7 @@ class PipeStream:
             with self._lock:
                 pending = list(self._pending)
             for ov in pending:
-                ov.cancel()
+                _cancel(ov)
         if how in (socket.SHUT_WR, socket.SHUT_RDWR):
             try:
                 self.shutdown_write()
@@ -530,7 +539,7 @@ class PipeStream:
             if close_now:
                 self._closed_handle = True
         for ov in pending:
-            ov.cancel()
+            _cancel(ov)
         if close_now:
             self._api.close_handle(self.handle)
 
@@ -635,10 +644,10 @@ class PipeListener:
                 self._pending = ov
                 closed = self._closed
             if closed:
-                ov.cancel()
+                _cancel(ov)
             timed_out = not self._api.wait(ov, _ms(timeout))
             if timed_out:
-                ov.cancel()
+                _cancel(ov)
             try:
                 _, err = ov.GetOverlappedResult(True)
             except OSError as exc:
@@ -694,7 +703,7 @@ class PipeListener:
             if not self._accepting:
                 spare, self._spare = self._spare, None
         if pending is not None:
-            pending.cancel()
+            _cancel(pending)
         if spare is not None:
             self._api.close_handle(spare)
         # Instances are only created under the lock with _closed unset, so none is being

@@ -371,3 +371,24 @@ def test_wait_peer_gone_ends_when_we_shut_down(api: FakeApi) -> None:
     assert server.wait_peer_gone(5) is True
     assert time.monotonic() - started < 2
     listener.close()
+
+
+def test_a_cancel_that_raises_is_harmless(api: FakeApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.unit.winpipe_fake import FakeOv, win_error
+
+    real_cancel = FakeOv.cancel
+
+    def cancel_then_raise(self: FakeOv) -> None:
+        real_cancel(self)
+        raise win_error(6)  # ERROR_INVALID_HANDLE: the owner closed it meanwhile
+
+    monkeypatch.setattr(FakeOv, "cancel", cancel_then_raise)
+    listener, server, _client = _pair(api)
+    got: list[bytes] = []
+    t = threading.Thread(target=lambda: got.append(server.recv(100)))
+    t.start()
+    time.sleep(0.05)
+    server.close()
+    t.join(5)
+    assert got == [b""]
+    listener.close()
