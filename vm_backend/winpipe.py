@@ -274,13 +274,13 @@ if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
         def connect_named_pipe(self, handle: int) -> Overlapped:
             # _winapi turns ERROR_PIPE_CONNECTED (a client came first) into a signalled
             # event, and raises for anything but ERROR_IO_PENDING.
-            return _winapi.ConnectNamedPipe(handle, overlapped=True)  # type: ignore[no-any-return]
+            return _winapi.ConnectNamedPipe(handle, overlapped=True)
 
         def read_file(self, handle: int, size: int) -> tuple[Overlapped, int]:
-            return _winapi.ReadFile(handle, size, overlapped=True)  # type: ignore[no-any-return]
+            return _winapi.ReadFile(handle, size, overlapped=True)
 
         def write_file(self, handle: int, data: bytes) -> tuple[Overlapped, int]:
-            return _winapi.WriteFile(handle, data, overlapped=True)  # type: ignore[no-any-return]
+            return _winapi.WriteFile(handle, data, overlapped=True)
 
         def wait(self, ov: Overlapped, timeout_ms: int) -> bool:
             event = ov.event  # type: ignore[attr-defined]
