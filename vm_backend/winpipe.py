@@ -337,13 +337,14 @@ class PipeStream:
         self.name = name
         self._api = api
         self._lock = threading.Lock()
-        self._pending: set[Any] = set()
+        self._pending: dict[Any, str] = {}  # started operation -> "read" / "write"
         self._busy = 0
         self._closing = False
         self._closed_handle = False
         self._read_eof = False
         self._read_shut = False  # shutdown(SHUT_RD/RDWR) or close(): reads end now
-        self._write_shut = False
+        self._write_shut = False  # shutdown_write() sent the zero-length message
+        self._write_dead = False  # shutdown(SHUT_RDWR): writes end now
         self._write_lock = threading.Lock()
         self._timeout: float | None = None
 
@@ -369,7 +370,7 @@ class PipeStream:
     def _end(self, ov: Any | None) -> None:
         with self._lock:
             if ov is not None:
-                self._pending.discard(ov)
+                self._pending.pop(ov, None)
             self._busy -= 1
             close_now = self._closing and self._busy == 0 and not self._closed_handle
             if close_now:
@@ -377,11 +378,13 @@ class PipeStream:
         if close_now:
             self._api.close_handle(self.handle)
 
-    def _track(self, ov: Overlapped) -> bool:
-        """Register a started operation; False if close() came meanwhile (then cancel)."""
+    def _track(self, ov: Overlapped, kind: str) -> bool:
+        """Register a started operation; False if close() or a shutdown that ends this
+        kind of operation came meanwhile (the caller then cancels it)."""
         with self._lock:
-            self._pending.add(ov)
-            return not self._closing
+            self._pending[ov] = kind
+            ended = self._read_shut if kind == "read" else self._write_dead
+            return not (self._closing or ended)
 
     def _complete(self, ov: Overlapped) -> tuple[int, int, bool]:
         """Wait for ``ov`` (bounded by the timeout): (transferred, error, timed out)."""
@@ -412,7 +415,7 @@ class PipeStream:
                     self._read_eof = True
                     return b""
                 raise
-            if not self._track(ov):
+            if not self._track(ov, "read"):
                 _cancel(ov)
             try:
                 n, err, timed_out = self._complete(ov)
@@ -440,7 +443,7 @@ class PipeStream:
         if not view:
             return  # a zero-length write would be a half-close: only shutdown() sends one
         with self._write_lock:
-            if self._write_shut:
+            if self._write_shut or self._write_dead:
                 raise BrokenPipeError(32, "the pipe's write side is shut down")
             self._write(bytes(view))
 
@@ -457,7 +460,7 @@ class PipeStream:
         ov: Any = None
         try:
             ov, err = self._api.write_file(self.handle, data)
-            if not self._track(ov):
+            if not self._track(ov, "write"):
                 _cancel(ov)
             n, err, timed_out = self._complete(ov)
             if timed_out:
@@ -486,7 +489,7 @@ class PipeStream:
                 ov, _ = self._api.read_file(self.handle, _READ_SIZE)
             except OSError:
                 return True  # broken pipe (or the handle is unusable): gone either way
-            if not self._track(ov):
+            if not self._track(ov, "read"):
                 _cancel(ov)
             finished = self._api.wait(ov, _ms(timeout))
             if not finished:
@@ -504,27 +507,31 @@ class PipeStream:
     def shutdown_write(self) -> None:
         """Half-close: a zero-length message, which the peer reads as EOF (once)."""
         with self._write_lock:
-            if self._write_shut:
+            if self._write_shut or self._write_dead:
                 return
             self._write_shut = True
             self._write(b"")
 
     def shutdown(self, how: int) -> None:
-        """``SHUT_WR``: :meth:`shutdown_write`. ``SHUT_RD``/``SHUT_RDWR``: also end
-        reading now — a blocked ``recv`` returns ``b""`` — as a socket's shutdown does."""
-        if how in (socket.SHUT_RD, socket.SHUT_RDWR):
+        """``SHUT_WR``: :meth:`shutdown_write` (the peer reads EOF).
+
+        ``SHUT_RD``: reading ends now; a blocked ``recv`` returns ``b""``. ``SHUT_RDWR``:
+        writing ends too; a blocked ``sendall`` raises. It never blocks: no zero-length
+        message is written (it could wait on a peer that reads nothing), so the peer sees
+        the end when the handle is closed (a broken pipe), which callers do next.
+        """
+        if how == socket.SHUT_WR:
+            self.shutdown_write()
+            return
+        with self._lock:
             self._read_eof = True
             self._read_shut = True
-            with self._lock:
-                pending = list(self._pending)
-            for ov in pending:
-                _cancel(ov)
-        if how in (socket.SHUT_WR, socket.SHUT_RDWR):
-            try:
-                self.shutdown_write()
-            except OSError:
-                if how == socket.SHUT_WR:
-                    raise
+            if how == socket.SHUT_RDWR:
+                self._write_dead = True
+            pending = [ov for ov, kind in self._pending.items()
+                       if kind == "read" or self._write_dead]
+        for ov in pending:
+            _cancel(ov)
 
     def close(self) -> None:
         """Cancel pending I/O and close the handle (at once, or when the last one ends)."""

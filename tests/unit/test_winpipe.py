@@ -214,7 +214,35 @@ def test_shutdown_rdwr_wakes_a_blocked_recv(api: FakeApi) -> None:
     server.shutdown(socket.SHUT_RDWR)
     t.join(5)
     assert got == [b""]
-    assert client.recv(100) == b""  # the peer saw our half-close too
+    assert not [c for c in api.calls if c[0] == "write_file"]  # nothing written
+    with pytest.raises(BrokenPipeError):
+        server.sendall(b"x")
+    server.close()
+    assert client.recv(100) == b""  # the peer sees the end when the handle closes
+    listener.close()
+
+
+def test_shutdown_rdwr_wakes_a_blocked_write_without_blocking_itself(api: FakeApi) -> None:
+    listener, server, _client = _pair(api)
+    api.block_writes = True  # the client reads nothing; the pipe is full
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            server.sendall(b"x" * 100)
+        except OSError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=write)
+    t.start()
+    time.sleep(0.05)
+    assert t.is_alive()
+    started = time.monotonic()
+    server.shutdown(socket.SHUT_RDWR)
+    assert time.monotonic() - started < 1
+    t.join(5)
+    assert len(errors) == 1 and isinstance(errors[0], BrokenPipeError)
+    server.close()
     listener.close()
 
 

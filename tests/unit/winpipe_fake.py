@@ -107,6 +107,7 @@ class FakeApi:
         self.closed_handles: list[int] = []
         self.attrs: list[FakeAttrs] = []
         self.raw_pipe_connected = False  # raise ERROR_PIPE_CONNECTED instead
+        self.block_writes = False  # the peer reads nothing and the pipe's buffer is full
         self._next = 100
 
     def _handle(self) -> int:
@@ -184,6 +185,8 @@ class FakeApi:
             peer = end.peer
             if peer is None or peer.closed:
                 raise win_error(wp.ERROR_NO_DATA)
+            if self.block_writes:
+                return FakeOv(self, "write"), wp.ERROR_IO_PENDING  # until cancelled
             if peer.reads:
                 ov_r, size = peer.reads.pop(0)
                 msg = bytes(data)
