@@ -14,7 +14,6 @@ blocks its worker for the whole boot).
 
 from __future__ import annotations
 
-import socket
 from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, QTimer, Signal
@@ -28,8 +27,7 @@ from app.vm_states import START_STATES, STOP_STATES, state_words
 
 # Imported here, not in the worker that first needs them: an import still running on a
 # worker thread when the process exits crashed the interpreter.
-from vm_backend.daemon.client import DaemonClient, DaemonError
-from vm_backend.daemon.server import socket_path
+from vm_backend.daemon.client import DaemonClient, DaemonError, daemon_answers
 from vm_backend.engine.models import Event
 from vm_backend.machine.paths import MachinePaths
 
@@ -70,12 +68,8 @@ def _machine_status() -> dict[str, Any] | None:
             "machine.status", {"name": VM_NAME}, timeout=30
         )
     except DaemonError:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(2.0)
-            try:
-                sock.connect(str(socket_path()))
-            except OSError:
-                return {"state": "stopped", "detail": "berthd is not running"}
+        if not daemon_answers(timeout=2.0):
+            return {"state": "stopped", "detail": "berthd is not running"}
         raise
     return status
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import platform
 import re
-import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -52,9 +51,8 @@ from app.pages.machine_timeline import STAGE_KEYS, FailurePanel, TimelineView
 from app.pages.registry import register_page
 from app.vm_states import state_words
 from app.widgets.boxes import ask_destructive, plain_box
-from vm_backend.daemon.client import DaemonClient, DaemonError
+from vm_backend.daemon.client import DaemonClient, DaemonError, daemon_answers
 from vm_backend.daemon.reset import reset_machine
-from vm_backend.daemon.server import socket_path
 from vm_backend.errors import BerthError
 from vm_backend.machine.keys import ensure_machine_keys
 from vm_backend.machine.paths import MachinePaths
@@ -90,17 +88,6 @@ def default_client(autostart: bool = True) -> Any:
     merely looking at the page must not spawn a daemon.
     """
     return DaemonClient(autostart=autostart)
-
-
-def daemon_answers() -> bool:
-    """Whether berthd listens on its socket (a cheap connect, no request)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(2.0)
-        try:
-            sock.connect(str(socket_path()))
-        except OSError:
-            return False
-    return True
 
 
 def offline_status(name: str) -> dict[str, Any] | None:
@@ -504,7 +491,7 @@ class MachinePage(QWidget):
             try:
                 docs = self._client_factory(autostart=False).call("machine.list", {})
             except DaemonError:
-                if daemon_answers():
+                if daemon_answers(timeout=2.0):
                     raise
                 return offline_status(name)
             for doc in docs or []:
