@@ -58,6 +58,9 @@ OWNER = str(os.getpid())  # the label's value: the run that owns the container
 IMAGE = "berth-test/busybox:latest"
 DEFAULT_ENGINE = "unix:///var/run/docker.sock"
 WORKERS = 16
+# --desktop-sessions: the window, the bare heartbeat and the churn each run in a session of
+# their own (set in main).
+OWN_SESSIONS = False
 
 
 # ---- containers (plain docker-py: the bench's own tooling, not the code under test) -----------
@@ -397,6 +400,7 @@ class _BareHeartbeat:
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--child", "heartbeat"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            start_new_session=OWN_SESSIONS,
         )
         assert self.proc.stdout is not None
         self.sched: list[tuple[int, int]] = []
@@ -467,8 +471,10 @@ def bench_stall(
     phase: dict[str, float] = {}
     churn = subprocess.Popen(
         [sys.executable, __file__, "--child", "churn", url, *ids],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, text=True, start_new_session=OWN_SESSIONS,
     )
+    groups = _autogroups({"window": os.getpid(), "bare heartbeat": bare.proc.pid,
+                          "churn": churn.pid})
 
     def read_phases() -> None:
         assert churn.stdout is not None
@@ -539,7 +545,26 @@ def bench_stall(
         "engine_stop_s": phase.get("stopped", 0.0),
         "model_all_running_s": phase["model_running"],
         "model_all_exited_s": phase["model_exited"],
+        "autogroups": groups,
     }
+
+
+def _autogroups(pids: dict[str, int]) -> dict[str, str]:
+    """The scheduler autogroup of each process (and of the engine's), as /proc shows it.
+
+    With ``kernel.sched_autogroup_enabled`` (Debian's default, and a desktop's), the CPU is
+    shared fairly between sessions first, then between the threads inside each one.
+    """
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] in ("dockerd", "containerd") and proc.info["name"] not in pids:
+            pids[str(proc.info["name"])] = proc.pid
+    out: dict[str, str] = {}
+    for name, pid in pids.items():
+        try:
+            out[name] = Path(f"/proc/{pid}/autogroup").read_text().split()[0]
+        except (OSError, IndexError):
+            out[name] = "?"
+    return out
 
 
 # Busybox sh: write R lines/s in chunks of at most C, paced by /proc/uptime (centiseconds),
@@ -789,8 +814,18 @@ def main() -> int:
     parser.add_argument("--slots", type=Path,
                         help="trace the GUI thread's slots during (a) and blame the late ticks")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--desktop-sessions", action="store_true",
+                        help="run the window, the bare heartbeat and the churn each in a "
+                             "session of its own, as on a desktop (see docs/benchmarks-gui.md)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.desktop_sessions and not args.child:
+        if os.getsid(0) != os.getpid():
+            # A session of our own, as an app started from the desktop has (setsid forks
+            # first when we lead a process group, and -w hands back the exit status).
+            os.execvp("setsid", ["setsid", "-w", sys.executable, *sys.argv])
+        global OWN_SESSIONS
+        OWN_SESSIONS = True
 
     if args.profile and args.slots:
         parser.error("--profile and --slots both hook the GUI thread's profiler: pick one")
@@ -838,6 +873,8 @@ def main() -> int:
                 f"{s['model_all_exited_s']:.1f} s"
                 + ("" if s["model_caught_up"] else " (TIMED OUT waiting for the model)")
             )
+            print("    scheduler autogroups: " + ", ".join(
+                f"{name} {group}" for name, group in s["autogroups"].items()))
             print("    CPU of the window's threads during the churn (% of a core): " + ", ".join(
                 f"{name} {pct:.1f}" for name, pct in s["threads_cpu_percent"].items() if pct >= 0.05
             ))
