@@ -168,13 +168,13 @@ def host_cpu_ns(pid: int) -> int:
     return total
 
 
-def client_port(pid: int, ssh_port: int) -> int | None:
-    """The local TCP port of ``pid``'s SSH connection to the guest (None if not one)."""
+def client_ports(pid: int, ssh_port: int) -> list[int]:
+    """The local TCP ports of ``pid``'s SSH connections to the guest (berthd has two: its
+    engine relay's session and the one for everything else)."""
     import psutil
 
-    ports = [c.laddr.port for c in psutil.Process(pid).net_connections(kind="tcp")
-             if c.raddr and c.raddr.port == ssh_port and c.status == "ESTABLISHED"]
-    return ports[0] if len(ports) == 1 else None
+    return sorted(c.laddr.port for c in psutil.Process(pid).net_connections(kind="tcp")
+                  if c.raddr and c.raddr.port == ssh_port and c.status == "ESTABLISHED")
 
 
 def guest_cpu(guest: GuestSSH, ports: list[int]) -> dict[int, int]:
@@ -414,9 +414,11 @@ def main() -> None:
                         help="extra ssh -L paths forced to this cipher (repeatable)")
     parser.add_argument("--berth-cipher", action="append", default=None, metavar="C[/MAC]",
                         help="extra Berth relays offering only this cipher (repeatable)")
-    parser.add_argument("--berth-no-spares", action="store_true",
-                        help="also Berth's relay without spare channels (berthd has "
-                             f"{ENGINE_SPARE_CHANNELS}), in a child process")
+    parser.add_argument("--berth-child", action="append", type=int, default=[],
+                        metavar="SPARES",
+                        help="also Berth's relay in a child process on an SSH session of its "
+                             "own, with this many spare channels (berthd's relay has "
+                             f"{ENGINE_SPARE_CHANNELS}; repeatable)")
     parser.add_argument("--home", type=Path, default=None,
                         help="BERTH_HOME to use (default: a fresh one under /tmp)")
     parser.add_argument("--keep", action="store_true",
@@ -465,12 +467,12 @@ def main() -> None:
             name = f"berth {spec}"
             paths[name], negotiated[name], pids[name] = stack.enter_context(relay_child(
                 port, keys.client.private_path, keys.host.public_openssh, workdir, spec))
-        if args.berth_no_spares:
-            name = "berth no spares"
+        for spares in args.berth_child:
+            name = f"berth child, {spares} spares"
             paths[name], negotiated[name], pids[name] = stack.enter_context(relay_child(
-                port, keys.client.private_path, keys.host.public_openssh, workdir, "", 0))
-        ports = {name: client_port(pid, port) if pid else None for name, pid in pids.items()}
-        watched = sorted(p for p in ports.values() if p is not None)
+                port, keys.client.private_path, keys.host.public_openssh, workdir, "", spares))
+        ports = {name: client_ports(pid, port) if pid else [] for name, pid in pids.items()}
+        watched = sorted(p for found in ports.values() for p in found)
 
         results: dict[Key, list[float]] = {}
         round_p50: dict[Key, list[float]] = {}
@@ -504,9 +506,10 @@ def main() -> None:
                         if got:
                             round_p50.setdefault(key, []).append(pct(got, 0.5))
                 after = guest_cpu(guest, watched) if watched else {}
-                for name, cport in ports.items():
-                    if cport is not None and cport in before and cport in after:
-                        sshd_cpu[(mode, endpoint, name)] = after[cport] - before[cport]
+                for name, found in ports.items():
+                    if found and all(c in before and c in after for c in found):
+                        sshd_cpu[(mode, endpoint, name)] = sum(after[c] - before[c]
+                                                               for c in found)
                 print(f"# {mode} {endpoint} done", flush=True)
         if args.profile and daemon_pid is not None:
             profile_berthd(daemon_pid, sock, args.profile,
@@ -527,7 +530,8 @@ def report(results: dict[Key, list[float]], round_p50: dict[Key, list[float]],
     for name, neg in negotiated.items():
         print(f"#   {name}: {neg}")
     print("# CPU per request in ms: qemu = the whole guest (host CPU of QEMU), sshd = the"
-          " guest's sshd for that session (guest clock), client = the host process"
+          " guest's sshd for that path's sessions (berthd: both of its sessions; guest"
+          " clock), client = the host process"
           " (berthd, ssh, relay child; berthd includes its other threads)")
     print(f"{'mode':<11}{'endpoint':<24}{'path':<36}{'n':>5}{'p50 ms':>9}{'p95 ms':>9}"
           f"{'p50/ssh-L':>10}{'p95/ssh-L':>10}{'qemu':>7}{'sshd':>7}{'client':>7}"
