@@ -1,7 +1,8 @@
 """The engine socket: a host unix socket relayed to the guest's docker.sock over SSH.
 
 For each client connection (docker CLI, docker-py, the Berth window) one SSH channel is
-opened on the VM's single long-lived transport, to ``/var/run/docker.sock`` in the guest,
+taken on a long-lived transport to the VM (berthd gives the relay a session of its own, and
+keeps spare channels open ahead of need), to ``/var/run/docker.sock`` in the guest,
 and bytes are pumped both ways. Half-close is propagated in both directions, which the
 Docker API's hijacked streams need (``docker attach``, ``exec -it``, ``run -i`` with stdin
 closed): the client's ``shutdown(SHUT_WR)`` becomes the channel's EOF, and the channel's
