@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -45,6 +46,15 @@ def _pair(api: FakeApi) -> tuple[wp.PipeListener, wp.PipeStream, wp.PipeStream]:
 
 # ---------------------------------------------------------------- security descriptor
 
+
+
+def _recv_in_thread(stream: Any) -> tuple[threading.Thread, list[bytes]]:
+    """A thread blocked in ``stream.recv(100)`` (given 50 ms to get there), and what it got."""
+    got: list[bytes] = []
+    thread = threading.Thread(target=lambda: got.append(stream.recv(100)))
+    thread.start()
+    time.sleep(0.05)
+    return thread, got
 
 def test_owner_only_sddl_names_only_the_user() -> None:
     sid = "S-1-5-21-1004336348-1177238915-682003330-1001"
@@ -160,10 +170,7 @@ def test_a_peer_that_goes_away_is_eof_then_a_broken_pipe(api: FakeApi) -> None:
 
 def test_a_blocked_read_ends_when_the_peer_closes(api: FakeApi) -> None:
     listener, server, client = _pair(api)
-    got: list[bytes] = []
-    t = threading.Thread(target=lambda: got.append(server.recv(100)))
-    t.start()
-    time.sleep(0.05)
+    t, got = _recv_in_thread(server)
     client.close()
     t.join(5)
     assert got == [b""]
@@ -172,10 +179,7 @@ def test_a_blocked_read_ends_when_the_peer_closes(api: FakeApi) -> None:
 
 def test_reads_and_writes_run_at_once_on_two_threads(api: FakeApi) -> None:
     listener, server, client = _pair(api)
-    got: list[bytes] = []
-    reader = threading.Thread(target=lambda: got.append(server.recv(100)))
-    reader.start()
-    time.sleep(0.05)
+    reader, got = _recv_in_thread(server)
     assert reader.is_alive()  # blocked in an overlapped read ...
     for i in range(20):  # ... while the same handle writes
         server.sendall(b"%d," % i)
@@ -191,10 +195,7 @@ def test_close_from_another_thread_wakes_recv_and_closes_the_handle_once(
     api: FakeApi,
 ) -> None:
     listener, server, _client = _pair(api)
-    got: list[bytes] = []
-    t = threading.Thread(target=lambda: got.append(server.recv(100)))
-    t.start()
-    time.sleep(0.05)
+    t, got = _recv_in_thread(server)
     server.close()
     t.join(5)
     assert got == [b""]
@@ -207,10 +208,7 @@ def test_close_from_another_thread_wakes_recv_and_closes_the_handle_once(
 
 def test_shutdown_rdwr_wakes_a_blocked_recv(api: FakeApi) -> None:
     listener, server, client = _pair(api)
-    got: list[bytes] = []
-    t = threading.Thread(target=lambda: got.append(server.recv(100)))
-    t.start()
-    time.sleep(0.05)
+    t, got = _recv_in_thread(server)
     server.shutdown(socket.SHUT_RDWR)
     t.join(5)
     assert got == [b""]
@@ -412,10 +410,7 @@ def test_a_cancel_that_raises_is_harmless(api: FakeApi, monkeypatch: pytest.Monk
 
     monkeypatch.setattr(FakeOv, "cancel", cancel_then_raise)
     listener, server, _client = _pair(api)
-    got: list[bytes] = []
-    t = threading.Thread(target=lambda: got.append(server.recv(100)))
-    t.start()
-    time.sleep(0.05)
+    t, got = _recv_in_thread(server)
     server.close()
     t.join(5)
     assert got == [b""]

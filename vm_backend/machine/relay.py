@@ -473,18 +473,25 @@ class _Connection:
         directions are shut: the client closed, or run_down shut ours after the channel's
         EOF, or _abort shut both, so this wait always ends and never spins.
         """
-        if isinstance(self.client, PipeStream):
-            self._wait_pipe_client_hangup(self.client)
-            return
-        poller = select.poll()
-        poller.register(self.client.fileno(), 0)  # 0: only HUP/ERR/NVAL wake us
-        while True:
-            # Linux raises POLLHUP as described; the 1 s timeout is only a safety net for
-            # platforms whose unix sockets report it differently (one wake-up a second per
-            # half-closed connection, never a spin).
-            events = poller.poll(1000)
-            if any(ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, ev in events):
-                break
+        client = self.client
+        if isinstance(client, PipeStream):
+            # A named-pipe client (Windows has no poll()): a read that ends when the client
+            # closes its end stands in for POLLHUP.
+            def hung_up() -> bool:
+                return client.wait_peer_gone(1.0)
+        else:
+            poller = select.poll()
+            poller.register(client.fileno(), 0)  # 0: only HUP/ERR/NVAL wake us
+
+            def hung_up() -> bool:
+                # Linux raises POLLHUP as described; the 1 s timeout is only a safety net
+                # for platforms whose unix sockets report it differently (one wake-up a
+                # second per half-closed connection, never a spin).
+                events = poller.poll(1000)
+                bad = select.POLLHUP | select.POLLERR | select.POLLNVAL
+                return any(ev & bad for _, ev in events)
+
+        while not hung_up():
             with self._lock:
                 if self._halves_done >= 1 or self._aborted:
                     break
@@ -492,19 +499,6 @@ class _Connection:
             down_done = self._halves_done >= 1
         if not down_done:
             # The client went away while the guest side was still open: stop the stream.
-            self._abort("client hung up")
-
-    def _wait_pipe_client_hangup(self, client: PipeStream) -> None:
-        """:meth:`_wait_client_hangup` for a named-pipe client (Windows has no poll()): a
-        read that ends when the client closes its end stands in for POLLHUP; the down
-        half ending or an abort ends the wait too (checked each second)."""
-        while not client.wait_peer_gone(1.0):
-            with self._lock:
-                if self._halves_done >= 1 or self._aborted:
-                    break
-        with self._lock:
-            down_done = self._halves_done >= 1
-        if not down_done:
             self._abort("client hung up")
 
     def _abort(self, reason: str) -> None:

@@ -21,13 +21,6 @@ from vm_backend.daemon.server import make_server, run_server, socket_path
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    h = tmp_path / "home"
-    monkeypatch.setenv("BERTH_HOME", str(h))
-    return h
-
-
-@pytest.fixture
 def daemon(home: Path) -> Iterator[Path]:
     """berthd served from a thread of this process."""
     server = make_server(home)

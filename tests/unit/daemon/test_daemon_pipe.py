@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,13 +27,6 @@ def api(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
     monkeypatch.setattr(winpipe, "default_api", lambda: fake)
     monkeypatch.setattr(server_mod, "use_pipes", lambda: True)
     return fake
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    h = tmp_path / "home"
-    monkeypatch.setenv("BERTH_HOME", str(h))
-    return h
 
 
 @pytest.fixture
@@ -116,6 +110,11 @@ def test_shutdown_closes_every_handle(api: FakeApi, home: Path) -> None:
     assert not t.is_alive()
     assert idle.recv(10) == b""  # dropped by berthd
     idle.close()
+    # The ping's connection is closed by its handler thread, which shutdown() does not
+    # join: give it a moment, then nothing may be left open.
+    deadline = time.monotonic() + 5
+    while api.open_handles() and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert api.open_handles() == set()
     assert not daemon_answers(home)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -128,19 +128,6 @@ def wait_for(pred: Callable[[], bool], timeout: float = 10.0) -> bool:
             return False
         time.sleep(0.01)
     return True
-
-
-@pytest.fixture
-def sock_path(tmp_path: Path) -> Path:
-    return tmp_path / "run" / "docker.sock"
-
-
-@pytest.fixture
-def relays() -> Iterator[list[EngineSocketRelay]]:
-    started: list[EngineSocketRelay] = []
-    yield started
-    for relay in started:
-        relay.stop()
 
 
 def start(relays: list[EngineSocketRelay], ssh: FakeSSH, path: Path) -> EngineSocketRelay:

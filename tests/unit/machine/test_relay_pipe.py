@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,14 +25,6 @@ def api(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
     fake = FakeApi()
     monkeypatch.setattr(winpipe, "default_api", lambda: fake)
     return fake
-
-
-@pytest.fixture
-def relays() -> Iterator[list[EngineSocketRelay]]:
-    started: list[EngineSocketRelay] = []
-    yield started
-    for relay in started:
-        relay.stop()
 
 
 def start(relays: list[EngineSocketRelay], ssh: FakeSSH, tmp_path: Path,

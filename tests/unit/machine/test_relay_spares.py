@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.unit.machine.test_relay_accounting import FakeSSH, ask, reply_and_close, wait_for
 from vm_backend.machine.relay import EngineSocketRelay
@@ -30,19 +28,6 @@ class CountingSSH(FakeSSH):
     def open_unix_socket(self, path: str) -> Any:
         self.attempts += 1
         return super().open_unix_socket(path)
-
-
-@pytest.fixture
-def sock_path(tmp_path: Path) -> Path:
-    return tmp_path / "run" / "docker.sock"
-
-
-@pytest.fixture
-def relays() -> Iterator[list[EngineSocketRelay]]:
-    started: list[EngineSocketRelay] = []
-    yield started
-    for relay in started:
-        relay.stop()
 
 
 def start(relays: list[EngineSocketRelay], ssh: FakeSSH, path: Path,
