@@ -101,15 +101,20 @@ class CheckedDialog(QDialog):
         layout.addWidget(self.buttons)
 
     def check(self) -> None:
-        """Raise :class:`InputError` when the fields are not acceptable."""
-        raise NotImplementedError
+        """Raise :class:`InputError` when the fields are not acceptable.
+
+        The base form has no fields of its own, so it is always acceptable; each dialog
+        checks its own (TagDialog, CreateVolumeDialog, CreateNetworkDialog).
+        """
 
     def untouched(self) -> bool:
         """Whether the form is still empty: "not ready" then, not red text."""
         return False
 
     def submit(self) -> None:
-        raise NotImplementedError
+        """OK pressed with the fields acceptable: the base form just closes, accepted;
+        each dialog runs its engine call through :meth:`run_op` instead."""
+        self.accept()
 
     def validate(self) -> bool:
         try:

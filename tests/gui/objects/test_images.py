@@ -13,7 +13,7 @@ import pytest
 from PySide6.QtWidgets import QMessageBox
 
 from app.dialogs.build import BuildDialog
-from app.dialogs.image_ops import TagDialog
+from app.dialogs.image_ops import CheckedDialog, TagDialog
 from app.dialogs.pull import PullDialog, PullTracker
 from app.models.images import ImageRow, ImageTableModel, split_reference
 from app.models.keyed import ObjectFilterProxy
@@ -85,6 +85,17 @@ def test_proxy_sorts_sizes_numerically_and_filters_dangling(qtmodeltester: Any) 
     proxy.set_predicate(None)
     proxy.setFilterFixedString("SMALL")
     assert proxy.rowCount() == 1
+
+
+def test_the_base_form_has_nothing_to_check_and_ok_accepts(qtbot: Any) -> None:
+    from PySide6.QtWidgets import QDialog, QVBoxLayout
+
+    dialog = CheckedDialog()
+    qtbot.addWidget(dialog)
+    dialog.add_buttons(QVBoxLayout(dialog), "Go")
+    assert dialog.validate() and dialog.ok.isEnabled() and dialog.error.text() == ""
+    dialog.ok.click()
+    assert dialog.result() == QDialog.DialogCode.Accepted
 
 
 def test_split_reference_keeps_registry_ports() -> None:
