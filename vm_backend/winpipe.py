@@ -34,9 +34,10 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from vm_backend.errors import BerthError
+from vm_backend.machine.paths import PIPE_PREFIX
 
 # Win32 error codes (winerror.h).
 ERROR_FILE_NOT_FOUND = 2
@@ -758,3 +759,24 @@ def connect_pipe(name: str, timeout: float | None = 5.0, *,
         stream = PipeStream(handle, api, name)
         stream.settimeout(timeout)
         return stream
+
+
+def connect_local(address: str, timeout: float | None = 5.0) -> socket.socket:
+    """A connection to a local endpoint: a unix socket path, or a named pipe's full name
+    (``\\\\.\\pipe\\...``, Windows). The one place that chooses between the two for
+    berthd's clients, its probes, the engine ping and the console attach.
+
+    A pipe comes back as a :class:`PipeStream`, which has the socket calls those callers
+    make (recv, sendall, shutdown, close, settimeout). Nobody listening raises ``OSError``
+    either way.
+    """
+    if address.startswith(PIPE_PREFIX):
+        return cast(socket.socket, connect_pipe(address, timeout))
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock

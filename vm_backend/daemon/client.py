@@ -5,7 +5,7 @@ If the socket does not answer, :func:`ensure_daemon` starts ``berthd`` detached 
 session, output to ``daemon/berthd.log``) under a lock on ``daemon/start.lock`` (flock;
 ``msvcrt.locking`` on Windows, via :class:`MachineLock`), so two clients racing to start
 it leave exactly one daemon. On Windows the address is berthd's named pipe
-(:func:`vm_backend.winpipe.connect_pipe`) instead of the unix socket.
+(:func:`vm_backend.winpipe.connect_local`) instead of the unix socket.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from vm_backend.daemon.protocol import LineReader, encode
 from vm_backend.daemon.server import daemon_address, daemon_dir
@@ -26,7 +26,7 @@ from vm_backend.errors import BerthError
 from vm_backend.machine.lock import LockTimeout, MachineLock
 from vm_backend.machine.paths import PIPE_PREFIX, ensure_private_dir
 from vm_backend.paths import berth_home
-from vm_backend.winpipe import connect_pipe
+from vm_backend.winpipe import connect_local
 
 START_TIMEOUT = 15.0
 # Windows process creation flags (winbase.h): berthd outlives the console that started it.
@@ -40,21 +40,8 @@ class DaemonError(BerthError):
 
 
 def _connect(address: str | Path, timeout: float | None = 5.0) -> socket.socket:
-    """A connection to berthd: its unix socket, or its named pipe on Windows.
-
-    A pipe comes back as a :class:`vm_backend.winpipe.PipeStream`, which has the socket
-    calls the callers use (recv, sendall, shutdown, close, settimeout).
-    """
-    if str(address).startswith(PIPE_PREFIX):
-        return cast(socket.socket, connect_pipe(str(address), timeout))
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(str(address))
-    except OSError:
-        sock.close()
-        raise
-    return sock
+    """A connection to berthd: its unix socket, or its named pipe on Windows."""
+    return connect_local(str(address), timeout)
 
 
 def daemon_answers(home: Path | None = None, timeout: float = 1.0) -> bool:

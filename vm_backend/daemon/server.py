@@ -34,7 +34,7 @@ from vm_backend.errors import BerthError, InputError
 from vm_backend.machine.paths import daemon_pipe_name, ensure_private_dir, run_dir_for
 from vm_backend.machine.spec import default_shares, spec_from_json, spec_to_json
 from vm_backend.paths import berth_home
-from vm_backend.winpipe import ListenerClosed, PipeListener, PipeStream, connect_pipe
+from vm_backend.winpipe import ListenerClosed, PipeListener, PipeStream, connect_local
 
 log = logging.getLogger("berthd")
 
@@ -401,7 +401,7 @@ def make_pipe_server(home: Path | None = None) -> _PipeServer:
     ensure_private_dir(daemon_dir(home))
     name = daemon_pipe_name(home)
     with contextlib.suppress(OSError):
-        connect_pipe(name, 1.0).close()
+        connect_local(name, 1.0).close()
         raise BerthError(f"berthd is already running on {name}.", "")
     server = _PipeServer(name)  # PipeError if another program holds the name
     server.daemon = Daemon(home)
@@ -466,12 +466,10 @@ def serve(home: Path | None = None) -> None:
 
 
 def _answers(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(1.0)
-        try:
-            sock.connect(str(path))
-        except OSError:
-            return False
+    try:
+        connect_local(str(path), 1.0).close()
+    except OSError:
+        return False
     return True
 
 

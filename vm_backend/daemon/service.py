@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -28,14 +27,13 @@ from vm_backend.machine.hostinfo import Arch
 from vm_backend.machine.image import GuestImage, ImageError
 from vm_backend.machine.keys import ensure_machine_keys
 from vm_backend.machine.machine import Machine, MachineState, MachineStatus, StopOutcome
-from vm_backend.machine.paths import PIPE_PREFIX
 from vm_backend.machine.portfwd import PortForwarder
 from vm_backend.machine.relay import ENGINE_SPARE_CHANNELS, EngineSocketRelay
 from vm_backend.machine.shares import ShareManager
 from vm_backend.machine.spec import MachineSpec, spec_to_json
 from vm_backend.machine.ssh import GuestSSH
 from vm_backend.machine.timeline import Stage, StageRecord
-from vm_backend.winpipe import connect_pipe
+from vm_backend.winpipe import connect_local
 
 log = logging.getLogger(__name__)
 
@@ -78,18 +76,9 @@ def find_guest_image(arch: Arch) -> GuestImage:
 def ping_unix(path: Path | str, timeout: float = PING_TIMEOUT) -> bool:
     """``GET /_ping`` on a unix socket (or a Windows pipe name); True when the engine
     answers OK."""
-    request = b"GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n"
     data = b""
-    if str(path).startswith(PIPE_PREFIX):
-        with connect_pipe(str(path), timeout) as stream:
-            stream.sendall(request)
-            while chunk := stream.recv(4096):
-                data += chunk
-        return data.startswith(b"HTTP/1.1 200") and data.rstrip().endswith(b"OK")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(str(path))
-        sock.sendall(request)
+    with connect_local(str(path), timeout) as sock:
+        sock.sendall(b"GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n")
         while chunk := sock.recv(4096):
             data += chunk
     return data.startswith(b"HTTP/1.1 200") and data.rstrip().endswith(b"OK")
@@ -114,9 +103,9 @@ class MachineService:
         self.ssh: GuestSSH | None = None
         # The engine socket's relay has an SSH session of its own (same keys, same pinned
         # host key): its requests then never queue behind the agent's, the shares' or the
-        # port forwards' packets, in berthd's transport thread or in the guest's sshd
-        # (docs/benchmarks-relay.md: 1.08-1.09x ssh -L on one shared session, 1.00-1.01x
-        # on a session of its own, keep-alive, quiet).
+        # port forwards' packets, in berthd's transport thread or in the guest's sshd, and
+        # a drop of one session leaves the other working. Its latency effect was within the
+        # noise (docs/benchmarks-relay.md); it is kept for that isolation.
         self.engine_ssh: GuestSSH | None = None
         self.relay: EngineSocketRelay | None = None
         self.ports: PortForwarder | None = None

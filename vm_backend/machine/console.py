@@ -23,11 +23,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO
 
 from vm_backend.errors import BerthError
-from vm_backend.machine.paths import PIPE_PREFIX
-from vm_backend.winpipe import connect_pipe
+from vm_backend.winpipe import connect_local
 
 log = logging.getLogger(__name__)
 
@@ -182,18 +181,9 @@ class SerialConsole:
 
     def _open(self, timeout: float) -> socket.socket:
         """Connect once: the chardev's unix socket, or on Windows its named pipe."""
-        if self.address.startswith(PIPE_PREFIX):
-            # QEMU's "-chardev pipe" made \\.\pipe\<name>; a PipeStream has the socket
-            # calls used here (recv, sendall, shutdown, close). Blocking, like the socket.
-            stream = connect_pipe(self.address, timeout)
-            stream.settimeout(None)
-            return cast(socket.socket, stream)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(self.address)
-        except OSError:
-            sock.close()
-            raise
+        # On Windows QEMU's "-chardev pipe" made \\.\pipe\<name>. Blocking once open.
+        sock = connect_local(self.address, timeout)
+        sock.settimeout(None)
         return sock
 
     def close(self) -> None:
