@@ -247,9 +247,11 @@ class _Diagnose:
     def check_engine(self) -> bool:
         from vm_backend.daemon.service import ping_unix
 
-        sock = self.service.engine_socket
+        # Pinged by its path or pipe name; named to the user (and given to docker-py) as
+        # the DOCKER_HOST they would use: unix://... or, on Windows, npipe:////./pipe/...
+        url = self.service.engine_url
         try:
-            ok = self.service.relay is not None and ping_unix(sock)
+            ok = self.service.relay is not None and ping_unix(self.service.engine_endpoint)
         except OSError as err:
             ok = False
             why = str(err)
@@ -257,15 +259,21 @@ class _Diagnose:
             why = "no answer" if self.service.relay is not None else "the socket is not served"
         if not ok:
             return self.add(
-                "engine", FAILED, f"GET /_ping on {sock}: {why}",
+                "engine", FAILED, f"GET /_ping on {url}: {why}",
                 "See dockerd's log (berth machine ssh -- tail /var/log/berth/dockerd.log) "
                 "and restart the machine.",
             )
         import docker
 
-        self.engine = docker.DockerClient(base_url=f"unix://{sock}", timeout=120)
-        self.image = self._pick_image()
-        return self.add("engine", OK, f"{sock} answers /_ping")
+        try:
+            self.engine = docker.DockerClient(base_url=url, timeout=120)
+            self.image = self._pick_image()
+        except Exception as err:  # noqa: BLE001 (docker-py's kinds, and pywintypes.error)
+            return self.add(
+                "engine", FAILED, f"{url} answers /_ping, but not docker-py's requests: {err}",
+                _docker_py_fix(err),
+            )
+        return self.add("engine", OK, f"{url} answers /_ping")
 
     def _pick_image(self) -> str | None:
         tags: list[str] = []
@@ -544,6 +552,20 @@ exit {PROBE_WRONG_ANSWER}
 """
 
 
+def _docker_py_fix(err: BaseException) -> str:
+    """What to do when docker-py fails on an engine that answered ``/_ping``."""
+    # docker-py's npipe:// transport imports pywin32 lazily and says so in its message.
+    if isinstance(err, ImportError) or "pywin32" in str(err) or "pypiwin32" in str(err):
+        return (
+            "docker-py needs pywin32 for npipe:// on Windows: reinstall Berth "
+            "(or pip install pywin32 in its environment)."
+        )
+    return (
+        "The engine stops answering after /_ping: see dockerd's log (berth machine ssh -- "
+        "tail /var/log/berth/dockerd.log) and restart the machine."
+    )
+
+
 def run_checks(service: MachineService, image: str | None = None) -> list[Check]:
     """Run every hop check against ``service``'s machine. Never raises for a broken hop."""
     return _Diagnose(service, image).run()
@@ -698,7 +720,7 @@ def write_bundle(
         try:
             import docker
 
-            engine = docker.DockerClient(base_url=f"unix://{service.engine_socket}", timeout=60)
+            engine = docker.DockerClient(base_url=service.engine_url, timeout=60)
             env_values = container_env_values(engine)
             engine_version = engine.version()
             for c in engine.containers.list(all=True):

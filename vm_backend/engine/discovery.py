@@ -1,9 +1,15 @@
 """Find container engines the way a docker user expects, and say what each one is.
 
 Order: ``DOCKER_HOST``; the current docker context; rootful then rootless Docker; rootful
-then rootless Podman; Berth's own VM socket; endpoints added by hand. Each endpoint is
+then rootless Podman; Berth's own VM socket (on Windows its named pipe,
+``npipe:////./pipe/berth-<machine>-docker``); endpoints added by hand. Each endpoint is
 probed (``/version``) in parallel with a short timeout and reports what it is, or why it
 is unusable and what to do about it.
+
+``npipe://`` addresses are Windows named pipes: elsewhere they are reported unsupported
+with the forms that work; on Windows a local pipe is looked up before docker-py connects
+(``WaitNamedPipe``, which does not take an instance), and docker-py's pywin32 errors
+(``pywintypes.error``, not an ``OSError``) are classified like socket errors.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import json
 import os
 import socket
 import stat
+import sys
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -26,8 +33,33 @@ import requests.exceptions
 
 from vm_backend.engine.models import Endpoint, EndpointSource, EndpointStatus, EngineKind
 from vm_backend.paths import berth_home, docker_config_dir
+from vm_backend.winpipe import (
+    ERROR_ACCESS_DENIED,
+    ERROR_FILE_NOT_FOUND,
+    ERROR_PIPE_BUSY,
+    ERROR_SEM_TIMEOUT,
+    PipeApi,
+    default_api,
+    pipe_url,
+    winerror,
+)
 
 PROBE_TIMEOUT = 5.0  # Podman's /version can take seconds on a busy host
+NPIPE_SCHEME = "npipe://"
+#: A pipe on this computer (``npipe:////server/pipe/x`` would go to another one over SMB).
+LOCAL_NPIPE = "npipe:////./pipe/"
+_RAW_PIPE_PREFIX = "\\\\.\\pipe\\"  # \\.\pipe\ as users copy it from Windows tools
+
+#: What docker-py's npipe transport raises (pywin32's error is not an OSError); nothing
+#: on other systems, where docker-py refuses npipe:// before connecting.
+PIPE_ERRORS: tuple[type[BaseException], ...] = ()
+if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+    try:
+        import pywintypes
+
+        PIPE_ERRORS = (pywintypes.error,)
+    except ImportError:  # docker-py then says to install it, as a DockerException
+        pass
 
 
 def _runtime_dir() -> Path:
@@ -59,8 +91,11 @@ def context_endpoint() -> tuple[str, str] | None:
     return (name, str(host)) if host else None
 
 
-def berth_vm_sockets() -> list[tuple[str, Path]]:
-    """(machine name, engine socket) of Berth's helper VMs whose socket exists now."""
+def berth_vm_endpoints() -> list[tuple[str, str]]:
+    """(machine name, engine URL) of Berth's helper VMs whose engine endpoint exists now:
+    ``unix://<run dir>/docker.sock``, or on Windows ``npipe:////./pipe/berth-<name>-docker``.
+    """
+    from vm_backend.machine.context import engine_host_url
     from vm_backend.machine.paths import MachinePaths
 
     base = berth_home() / "machines"
@@ -68,12 +103,19 @@ def berth_vm_sockets() -> list[tuple[str, Path]]:
         names = sorted(p.name for p in base.iterdir() if (p / "machine.json").exists())
     except OSError:
         return []
-    sockets = []
+    found = []
     for name in names:
-        sock = MachinePaths.for_machine(name, berth_home()).run_dir / "docker.sock"
-        if sock.exists():
-            sockets.append((name, sock))
-    return sockets
+        paths = MachinePaths.for_machine(name, berth_home())
+        sock = paths.run_dir / "docker.sock"
+        pipe = paths.engine_pipe
+        if pipe is not None:
+            problem = _pipe_problem(pipe)
+            exists = problem is None or problem[0] is not EndpointStatus.MISSING
+        else:
+            exists = sock.exists()
+        if exists:
+            found.append((name, engine_host_url(sock, pipe)))
+    return found
 
 
 def candidates(extra: Sequence[str] = ()) -> list[tuple[str, str, EndpointSource]]:
@@ -96,8 +138,8 @@ def candidates(extra: Sequence[str] = ()) -> list[tuple[str, str, EndpointSource
             EndpointSource.PODMAN_ROOTLESS,
         ),
     ]
-    for machine, sock in berth_vm_sockets():
-        out.append((f"berth VM {machine}", f"unix://{sock}", EndpointSource.BERTH_VM))
+    for machine, url in berth_vm_endpoints():
+        out.append((f"berth VM {machine}", url, EndpointSource.BERTH_VM))
     for url in extra:
         out.append((url, url, EndpointSource.MANUAL))
     seen: set[str] = set()
@@ -114,6 +156,8 @@ def normalise_url(url: str) -> str:
     url = url.strip()
     if url.startswith("/"):
         return f"unix://{url}"
+    if url.lower().startswith(_RAW_PIPE_PREFIX):
+        return pipe_url(url)
     if url.startswith("unix:///var/run/") or url == "unix:///run/docker.sock":
         # /var/run is a symlink to /run on modern systems; keep the spelling users know.
         return url
@@ -141,7 +185,62 @@ def _socket_problem(path: str) -> tuple[EndpointStatus, str, str] | None:
     return None
 
 
+def _pipe_problem(name: str, api: PipeApi | None = None) -> tuple[EndpointStatus, str, str] | None:
+    """Classify a local named pipe (``\\\\.\\pipe\\x``) without connecting to it.
+
+    ``WaitNamedPipe`` answers at once when no instance exists, and leaves the instance
+    free (a CreateFile would use it up); a 1 ms wait that times out means all are busy,
+    which docker-py waits through.
+    """
+    api = api if api is not None else default_api()
+    try:
+        api.wait_named_pipe(name, 1)
+    except OSError as err:
+        code = winerror(err)
+        if code == ERROR_FILE_NOT_FOUND:
+            return (
+                EndpointStatus.MISSING,
+                f"the pipe {name} does not exist",
+                "The engine is not installed or not started.",
+            )
+        if code == ERROR_ACCESS_DENIED:
+            return (
+                EndpointStatus.PERMISSION_DENIED,
+                f"cannot reach {name}: access denied",
+                _permission_hint(pipe_url(name)),
+            )
+        if code != ERROR_SEM_TIMEOUT:
+            return (EndpointStatus.NOT_ANSWERING, f"cannot reach {name}: {err}",
+                    "Retry; if it persists, restart the engine.")
+    return None
+
+
+def _npipe_problem(url: str) -> tuple[EndpointStatus, str, str] | None:
+    """What is wrong with an ``npipe://`` address before docker-py tries it, if anything."""
+    if sys.platform != "win32":
+        return (
+            EndpointStatus.UNSUPPORTED,
+            f"{url} is a Windows named pipe, and this computer is not Windows",
+            f"{_address_forms()} (npipe:// works on Windows only).",
+        )
+    if not url.startswith(LOCAL_NPIPE):
+        return None  # a pipe on another computer: docker-py reaches it over SMB, or says why
+    return _pipe_problem(url.removeprefix(NPIPE_SCHEME).replace("/", "\\"))
+
+
+def _address_forms() -> str:
+    if sys.platform == "win32":
+        return "Use npipe:////./pipe/NAME, ssh://user@host or tcp://host:port"
+    return "Use unix:///path, ssh://user@host or tcp://host:port"
+
+
 def _permission_hint(url: str) -> str:
+    if url.startswith(NPIPE_SCHEME):
+        return (
+            "Docker Desktop's pipe is open to the docker-users group: add yourself to it, "
+            "then sign out and in. A Berth VM's pipe is open only to the account that "
+            "started the VM."
+        )
     if "docker" in url:
         return (
             "Add yourself to the docker group (sudo usermod -aG docker $USER), then log out "
@@ -175,13 +274,16 @@ def kind_from_version(version: dict[str, Any]) -> EngineKind:
 def probe(name: str, url: str, source: EndpointSource, timeout: float = PROBE_TIMEOUT) -> Endpoint:
     """Ask one endpoint for its version; never raises."""
     base = Endpoint(name=name, url=url, source=source, status=EndpointStatus.OK)
+    problem = None
     if url.startswith("unix://"):
         problem = _socket_problem(url.removeprefix("unix://"))
-        if problem is not None:
-            status, reason, hint = problem
-            if status is EndpointStatus.MISSING:
-                hint = _start_hint(source) if source is not EndpointSource.MANUAL else hint
-            return replace(base, status=status, reason=reason, hint=hint)
+    elif url.startswith(NPIPE_SCHEME):
+        problem = _npipe_problem(url)
+    if problem is not None:
+        status, reason, hint = problem
+        if status is EndpointStatus.MISSING:
+            hint = _start_hint(source) if source is not EndpointSource.MANUAL else hint
+        return replace(base, status=status, reason=reason, hint=hint)
     client = None
     try:
         client = docker.DockerClient(base_url=url, timeout=max(1, round(timeout)), version="auto")
@@ -189,6 +291,8 @@ def probe(name: str, url: str, source: EndpointSource, timeout: float = PROBE_TI
     except docker.errors.DockerException as err:
         return replace(base, **_classify(err, url, source))
     except (requests.exceptions.RequestException, OSError) as err:
+        return replace(base, **_classify(err, url, source))
+    except PIPE_ERRORS as err:  # docker-py lets pywin32's errors through unwrapped
         return replace(base, **_classify(err, url, source))
     except paramiko.SSHException as err:
         # ssh:// engines: docker-py's paramiko transport refuses unknown host keys.
@@ -213,16 +317,32 @@ def _classify(err: BaseException, url: str, source: EndpointSource) -> dict[str,
     while cur is not None and len(chain) < 10:
         chain.append(cur)
         cur = cur.__cause__ or cur.__context__
-    if any(isinstance(e, PermissionError) for e in chain) or "Permission denied" in text:
+    # pywin32's errors (docker-py's npipe transport) carry a Win32 code and no errno.
+    codes = {getattr(e, "winerror", None) for e in chain}
+    if ERROR_PIPE_BUSY in codes:
+        return {
+            "status": EndpointStatus.NOT_ANSWERING,
+            "reason": "every instance of the pipe stayed busy",
+            "hint": "The engine is overloaded or stuck; retry, or restart it.",
+        }
+    if (
+        any(isinstance(e, PermissionError) for e in chain)
+        or ERROR_ACCESS_DENIED in codes
+        or "Permission denied" in text
+    ):
         return {
             "status": EndpointStatus.PERMISSION_DENIED,
             "reason": "permission denied",
             "hint": _permission_hint(url),
         }
-    if any(isinstance(e, FileNotFoundError) for e in chain) or "No such file" in text:
+    if (
+        any(isinstance(e, FileNotFoundError) for e in chain)
+        or ERROR_FILE_NOT_FOUND in codes
+        or "No such file" in text
+    ):
         return {
             "status": EndpointStatus.MISSING,
-            "reason": "the socket went away",
+            "reason": f"the {'pipe' if url.startswith(NPIPE_SCHEME) else 'socket'} went away",
             "hint": _start_hint(source),
         }
     if any(isinstance(e, ConnectionRefusedError) for e in chain) or "refused" in text.lower():
@@ -237,11 +357,17 @@ def _classify(err: BaseException, url: str, source: EndpointSource) -> dict[str,
             "reason": f"no answer within {PROBE_TIMEOUT:g} s",
             "hint": "The engine may be starting or hung; retry, or restart it.",
         }
+    if "pywin32" in text or "pypiwin32" in text:
+        return {
+            "status": EndpointStatus.UNSUPPORTED,
+            "reason": "docker-py needs pywin32 for npipe:// addresses, and it is missing",
+            "hint": "Reinstall Berth (or pip install pywin32 in its environment).",
+        }
     if "URLSchemeUnknown" in type(err).__name__ or "scheme" in text.lower():
         return {
             "status": EndpointStatus.UNSUPPORTED,
             "reason": f"unsupported address: {text}",
-            "hint": "Use unix:///path, ssh://user@host or tcp://host:port.",
+            "hint": f"{_address_forms()}.",
         }
     return {
         "status": EndpointStatus.NOT_ANSWERING,
