@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
-import select
 import shutil
 import sys
-import termios
-import tty
-from collections.abc import Iterator
 from typing import Any, TextIO
 
+from paramiko import SSHException
+
 from vm_backend.daemon.client import DaemonClient
+from vm_backend.daemon.terminal import bridge, raw_terminal, stdin_reader, watch_resize
 from vm_backend.engine.specs import parse_memory
 from vm_backend.errors import InputError
 from vm_backend.machine.keys import ensure_machine_keys
@@ -228,46 +226,18 @@ def cmd_machine(args: argparse.Namespace, out: TextIO) -> int:
     raise InputError(f"Unknown machine command {action!r}.", "See: berth machine --help")
 
 
-@contextlib.contextmanager
-def _raw_terminal() -> Iterator[None]:
-    if not sys.stdin.isatty():
-        yield
-        return
-    fd = sys.stdin.fileno()
-    saved = termios.tcgetattr(fd)
-    try:
-        tty.setraw(fd)
-        yield
-    finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
-
-
 def _console(client: DaemonClient, name: str, out: TextIO) -> int:
-    interactive = sys.stdin.isatty()
-    if interactive:
-        out.write(f"Attached to {name}'s console. Press Ctrl-] to detach.\r\n")
-        out.flush()
-    with client.console(name) as sock, _raw_terminal():
-        stdin_fd = sys.stdin.fileno()
-        stdout = sys.stdout.buffer
-        stdin_open = True
-        while True:
-            fds = [sock, stdin_fd] if stdin_open else [sock]
-            ready, _, _ = select.select(fds, [], [])
-            if sock in ready:
-                data = sock.recv(65536)
-                if not data:
-                    break
-                stdout.write(data)
-                stdout.flush()
-            if stdin_fd in ready:
-                data = os.read(stdin_fd, 4096)
-                if not data:
-                    stdin_open = False  # piped input ended; keep showing output
-                    continue
-                if interactive and DETACH_KEY in data:
-                    break
-                sock.sendall(data)
+    with client.console(name) as sock, raw_terminal() as interactive:
+        if interactive:
+            out.write(f"Attached to {name}'s console. Press Ctrl-] to detach.\r\n")
+            out.flush()
+        # Piped input that ends leaves the console attached: output keeps showing.
+        bridge(
+            sock,
+            stdin_reader(),
+            sys.stdout.buffer,
+            detach_key=DETACH_KEY if interactive else None,
+        )
     if interactive:
         out.write("\r\nDetached.\n")
     return 0
@@ -294,22 +264,15 @@ def _ssh(args: argparse.Namespace, out: TextIO) -> int:
             return int(result.rc)
         cols, rows = shutil.get_terminal_size((80, 24))
         chan = ssh.open_pty_shell(cols, rows)
-        with _raw_terminal():
-            stdin_fd = sys.stdin.fileno()
-            while True:
-                ready, _, _ = select.select([chan, stdin_fd], [], [])
-                if chan in ready:
-                    data = chan.recv(65536)
-                    if not data:
-                        break
-                    sys.stdout.buffer.write(data)
-                    sys.stdout.buffer.flush()
-                if stdin_fd in ready:
-                    data = os.read(stdin_fd, 4096)
-                    if not data:
-                        chan.shutdown_write()
-                        continue
-                    chan.sendall(data)
+
+        def resize(cols: int, rows: int) -> None:
+            try:
+                chan.resize_pty(width=cols, height=rows)
+            except SSHException:
+                pass  # the channel closed; the bridge sees its EOF and ends the session
+
+        with raw_terminal(), watch_resize(resize):
+            bridge(chan, stdin_reader(), sys.stdout.buffer, on_stdin_eof=chan.shutdown_write)
         return int(chan.recv_exit_status())
     finally:
         ssh.close()
