@@ -11,8 +11,8 @@ export CONTAINERS_CONF="$PWD/.ci/containers.conf"
 bash .ci/services.sh start
 ruff check .
 mypy
-# Real-VM tests with several boots each (marker "long": kill -9 rounds, memory given back,
-# reclaim, resize) take ~11 min more: BERTH_LONG_TESTS=1 runs them too.
+# Real-VM tests with several boots each (marker "long": memory given back, reclaim,
+# resize; and two more kill -9 rounds of the fsync test, which runs one by default) take ~11 min more: BERTH_LONG_TESTS=1 runs them too.
 markers="not arm64"
 if [ "${BERTH_LONG_TESTS:-0}" != 1 ]; then
   markers="$markers and not long"
