@@ -2,8 +2,8 @@
 
 On Windows, Berth's local endpoints are named pipes instead of unix sockets: berthd's
 control API (``\\\\.\\pipe\\berth-<user>-<home hash>-berthd``), the engine socket
-(``\\\\.\\pipe\\berth-<machine>-docker``; ``DOCKER_HOST=npipe:////./pipe/...``) and the
-clients of QEMU's QMP and console pipes. This module has the pieces they share:
+(``\\\\.\\pipe\\berth-<user>-<home hash>-<machine>-docker``; ``DOCKER_HOST=npipe:////./
+pipe/...``) and the clients of QEMU's QMP and console pipes. This module has the pieces they share:
 
 * :class:`PipeListener` creates pipe instances with an owner-only DACL (only the current
   user, by SID, gets any access; built with ``ConvertStringSecurityDescriptorToSecurity

@@ -5,7 +5,8 @@ tested on Linux by list equality (podman's ``pkg/machine/qemu/command`` test sty
 
 Security rules enforced here, and checked by the tests:
 
-* QMP and the console are unix sockets in the 0700 run dir (named pipes on Windows);
+* QMP and the console are unix sockets in the 0700 run dir (on Windows named pipes,
+  named per user and home, which berthd claims as QEMU starts: ``qemu_pipes.py``);
   there is no TCP listener except the SSH forward, which binds 127.0.0.1 only. An empty
   hostfwd address would bind every interface, and with user networking every container
   can reach the host's loopback anyway, so QMP on TCP would be host code execution.

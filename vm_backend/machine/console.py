@@ -8,6 +8,11 @@ and for the kernel banner. Any subscriber may write (typing reaches the guest).
 
 Each subscriber is fed by its own thread through a bounded queue, so a slow viewer can
 block only itself; marker callbacks run on the reader thread and must be quick.
+
+On Windows the chardev is QEMU's named pipe, which serves one client and is not
+owner-only: it is claimed with :func:`~vm_backend.machine.qemu_pipes.claim_qemu_pipe`
+(a pipe another program holds fails at once with ``PipeTakenError``), or handed to
+:meth:`SerialConsole.connect` already claimed by the machine's start.
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from vm_backend.errors import BerthError
-from vm_backend.winpipe import connect_local
+from vm_backend.machine.paths import PIPE_PREFIX
+from vm_backend.machine.qemu_pipes import PipeTakenError, claim_qemu_pipe
+from vm_backend.winpipe import PipeError, PipeStream, connect_local
 
 log = logging.getLogger(__name__)
 
@@ -160,28 +167,49 @@ class SerialConsole:
 
     # -- connection -----------------------------------------------------------------------
 
-    def connect(self, timeout: float = 10.0, alive: Callable[[], bool] | None = None) -> None:
-        """Connect to the chardev socket (retrying while QEMU creates it) and start reading."""
+    def connect(self, timeout: float = 10.0, alive: Callable[[], bool] | None = None,
+                pipe: PipeStream | None = None) -> None:
+        """Connect to the chardev socket (retrying while QEMU creates it) and start reading.
+
+        On Windows: read ``pipe`` if the caller claimed QEMU's pipe already, else claim it
+        here; :class:`~vm_backend.machine.qemu_pipes.PipeTakenError` if another program
+        holds it.
+        """
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                sock = self._open(max(0.1, deadline - time.monotonic()))
-                break
-            except OSError as exc:
-                if (alive is not None and not alive()) or time.monotonic() >= deadline:
-                    raise ConsoleError(
-                        f"Could not connect to the VM console at {self.address}: {exc}.",
-                        "Is the VM running? See qemu.log in the machine's folder.",
-                    ) from exc
-                time.sleep(0.01)
+        if pipe is not None:
+            sock = cast(socket.socket, pipe)
+        elif self.address.startswith(PIPE_PREFIX):
+            sock = self._claim(deadline, alive)
+        else:
+            while True:
+                try:
+                    sock = self._open(max(0.1, deadline - time.monotonic()))
+                    break
+                except OSError as exc:
+                    if (alive is not None and not alive()) or time.monotonic() >= deadline:
+                        raise ConsoleError(
+                            f"Could not connect to the VM console at {self.address}: {exc}.",
+                            "Is the VM running? See qemu.log in the machine's folder.",
+                        ) from exc
+                    time.sleep(0.01)
         self._sock = sock
         self._stopping = False
         self._thread = threading.Thread(target=self._read_loop, name="berth-console", daemon=True)
         self._thread.start()
 
+    def _claim(self, deadline: float, alive: Callable[[], bool] | None) -> socket.socket:
+        try:
+            return cast(socket.socket, claim_qemu_pipe(self.address, deadline, alive))
+        except PipeTakenError:
+            raise
+        except PipeError as exc:
+            raise ConsoleError(
+                f"Could not connect to the VM console at {self.address}: {exc.message}",
+                "Is the VM running? See qemu.log in the machine's folder.",
+            ) from exc
+
     def _open(self, timeout: float) -> socket.socket:
-        """Connect once: the chardev's unix socket, or on Windows its named pipe."""
-        # On Windows QEMU's "-chardev pipe" made \\.\pipe\<name>. Blocking once open.
+        """Connect once to the chardev's unix socket."""
         sock = connect_local(self.address, timeout)
         sock.settimeout(None)
         return sock

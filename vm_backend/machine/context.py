@@ -9,8 +9,8 @@ The docker CLI keeps each context in ``$DOCKER_CONFIG/contexts/meta/<sha256(name
 
 Writing it ourselves means no docker CLI is needed on the host to set Berth up, and the
 user's own CLI then sees ``docker --context berth`` / ``docker context use berth``.
-On Windows the endpoint is the engine's named pipe, ``npipe:////./pipe/berth-<machine>-
-docker`` (:func:`engine_host_url`), the docker CLI's syntax for a local pipe.
+On Windows the endpoint is the engine's named pipe, ``npipe:////./pipe/berth-<user>-<home
+hash>-<machine>-docker`` (:func:`engine_host_url`), the docker CLI's syntax for a local pipe.
 ``currentContext`` in ``config.json`` is changed only when the caller asks
 (:func:`use_context`): switching the user's default engine is their decision.
 """

@@ -16,6 +16,9 @@ Guarantees:
 * **KVM fallback.** If the probe chose KVM but the guest then stops with "KVM internal
   error", the verdict is recorded for this host boot and the start is retried once under
   TCG.
+* **Nobody else on QEMU's Windows pipes.** QMP's and the console's pipes are claimed as
+  soon as QEMU makes them; if another program holds one, QEMU is killed and the start
+  fails (:mod:`vm_backend.machine.qemu_pipes`).
 * **Stop sequence.** ACPI ``system_powerdown`` → wait (default 30 s) → QMP ``quit`` →
   kill. Each step is only taken if the previous one did not end QEMU.
 """
@@ -48,6 +51,7 @@ from vm_backend.machine.lock import MachineLock
 from vm_backend.machine.loopthread import EventLoopThread
 from vm_backend.machine.paths import MachinePaths, berth_home, ensure_private_dir
 from vm_backend.machine.process import QemuLaunchError, QemuProcess, read_tail
+from vm_backend.machine.qemu_pipes import PipeTakenError, claim_vm_pipes
 from vm_backend.machine.qmp import QmpError, QmpEvent, SyncQmp
 from vm_backend.machine.spec import Accelerator, MachineSpec, load_spec, save_spec, validate
 from vm_backend.machine.state import (
@@ -404,6 +408,11 @@ class Machine:
             proc.on_exit(self._on_qemu_exit)
             try:
                 self._connect_channels(proc)
+            except PipeTakenError as exc:
+                # Never run a VM whose console or QMP another program holds.
+                proc.kill()
+                self._detach()
+                raise MachineError(f"{exc.message} Berth stopped the VM.", exc.hint) from exc
             except (QmpError, BerthError) as exc:
                 proc.kill()
                 self._detach()
@@ -443,14 +452,30 @@ class Machine:
         def alive() -> bool:
             return not proc.exited
 
-        qmp = SyncQmp(self._loop_thread(), f"berth-{self.name}")
-        qmp.on_event(self._on_qmp_event)
-        qmp.on_disconnect(self._on_qmp_lost)
-        self._qmp_ready_s = qmp.connect(self.paths.qmp_address, timeout=timeout, alive=alive)
+        started = time.monotonic()
+        qmp_pipe = console_pipe = None
+        if self.paths.windows_pipes:
+            # QEMU's pipes serve their first client and are not owner-only: claim both
+            # now, before the QMP handshake (QEMU only greets once both have a client).
+            # PipeTakenError if another program got there first.
+            qmp_pipe, console_pipe = claim_vm_pipes(
+                self.paths.qmp_address, self.paths.console_address, timeout, alive
+            )
+        try:
+            qmp = SyncQmp(self._loop_thread(), f"berth-{self.name}")
+            qmp.on_event(self._on_qmp_event)
+            qmp.on_disconnect(self._on_qmp_lost)
+            qmp.connect(self.paths.qmp_address, timeout=timeout, alive=alive, pipe=qmp_pipe)
+        except BaseException:
+            for pipe in (qmp_pipe, console_pipe):
+                if pipe is not None:
+                    pipe.close()
+            raise
+        self._qmp_ready_s = time.monotonic() - started
         self._qmp = qmp
         console = SerialConsole(self.paths.console_address, self.paths.console_log)
         console.on_marker(self._on_marker)
-        console.connect(timeout=5.0, alive=alive)
+        console.connect(timeout=5.0, alive=alive, pipe=console_pipe)
         self._console = console
 
     def _wait_stages(self, timeline: Timeline, proc: QemuProcess, until: Stage) -> None:
@@ -555,9 +580,16 @@ class Machine:
         try:
             self._connect_channels(proc, timeout=3.0)
         except BerthError as exc:
-            # Typically another berthd holds QMP: report the VM as running, uncontrolled.
+            # Typically another berthd holds QMP: report the VM as running, uncontrolled,
+            # and leave it running (it may hold the user's containers).
             self._detach()
-            self._set_state(MachineState.RUNNING, f"running, but not controllable: {exc.message}")
+            why = exc.message
+            if isinstance(exc, PipeTakenError):
+                # QEMU's Windows pipes serve one client for QEMU's lifetime: the berthd
+                # that started the VM, or a program that got in first.
+                why = (f"QEMU's pipe is held by another program or was used by an earlier "
+                       f"berthd ({exc.message}) — stop the VM and start it again")
+            self._set_state(MachineState.RUNNING, f"running, but not controllable: {why}")
             return True
         qmp = self._qmp
         paused = False

@@ -14,10 +14,17 @@ Layout (``$BERTH_HOME`` overrides the platform user-data dir, for tests)::
         qmp.sock, console.sock, qemu.pid
 
 The run dir is ``<state dir>/run`` when that keeps every socket path under the limit,
-otherwise ``<tmp>/berth-<uid>/<hash of state dir>``. On Windows QMP and the console are
-named pipes ``\\\\.\\pipe\\berth-<name>-qmp`` / ``-console`` instead of sockets, and the
-engine socket is the pipe ``\\\\.\\pipe\\berth-<name>-docker`` (``DOCKER_HOST=npipe:////./pipe/
-berth-<name>-docker``). berthd's own pipe is per user and per home (:func:`daemon_pipe_name`).
+otherwise ``<tmp>/berth-<uid>/<hash of state dir>``.
+
+On Windows QMP and the console are named pipes instead of sockets, and so is the engine
+socket. Pipe names are global to the computer, so every Berth pipe starts with
+:func:`pipe_stem` (``berth-<user>-<sha256(home)[:12]>``)::
+
+    \\\\.\\pipe\\<stem>-berthd                          berthd (:func:`daemon_pipe_name`)
+    \\\\.\\pipe\\<stem>-<name>-qmp, <stem>-<name>-console   made by QEMU (-chardev pipe)
+    \\\\.\\pipe\\<stem>-<name>-docker                   the engine (npipe:////./pipe/...)
+
+Two users, or two homes of one user, with a machine called "default" never meet on a name.
 """
 
 from __future__ import annotations
@@ -40,22 +47,32 @@ from vm_backend.errors import BerthError
 SOCKET_PATH_LIMIT = 103
 _LONGEST_SOCKET_NAME = "console.sock"
 PIPE_PREFIX = "\\\\.\\pipe\\"
+PIPE_NAME_LIMIT = 256  # characters, prefix included: CreateNamedPipe's limit
 
 
-def daemon_pipe_name(home: Path) -> str:
-    """berthd's pipe on Windows: ``\\\\.\\pipe\\berth-<user>-<hash of home>-berthd``.
+def pipe_stem(home: Path) -> str:
+    """``berth-<user>-<sha256(home)[:12]>``: how every pipe name of one Berth home starts.
 
     Pipe names are global to the machine, so the user name and a hash of the home folder
-    keep two users, or two homes of one user (tests, ``BERTH_HOME``), apart. Access is
-    still owner-only (:mod:`vm_backend.winpipe`); the name only avoids collisions.
+    keep two users, or two homes of one user (tests, ``BERTH_HOME``), apart. The name only
+    avoids collisions, it is no secret: access is what :mod:`vm_backend.winpipe` (owner-only
+    DACL) and the first-client guard of :mod:`vm_backend.machine.qemu_pipes` protect.
     """
     try:
         user = getpass.getuser()
     except (OSError, KeyError):
         user = "user"
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in user)[:32] or "user"
+    # ASCII only: QEMU takes the pipe name from its command line (in the ANSI code page on
+    # Windows), and it must come out as the same name berthd opens.
+    safe = "".join(c if (c.isascii() and c.isalnum()) or c in "-_." else "_"
+                   for c in user)[:32] or "user"
     digest = hashlib.sha256(os.fsencode(str(home.absolute()))).hexdigest()[:12]
-    return f"{PIPE_PREFIX}berth-{safe}-{digest}-berthd"
+    return f"berth-{safe}-{digest}"
+
+
+def daemon_pipe_name(home: Path) -> str:
+    """berthd's pipe on Windows: ``\\\\.\\pipe\\berth-<user>-<hash of home>-berthd``."""
+    return f"{PIPE_PREFIX}{pipe_stem(home)}-berthd"
 
 
 class PathError(BerthError):
@@ -165,23 +182,37 @@ class MachinePaths:
         return self.run_dir / "qemu.pid"
 
     @property
+    def home(self) -> Path:
+        """The Berth home this machine belongs to (its state dir is ``<home>/machines/<name>``)."""
+        return self.state_dir.parent.parent
+
+    def _pipe(self, kind: str) -> str:
+        name = f"{PIPE_PREFIX}{pipe_stem(self.home)}-{self.name}-{kind}"
+        if len(name) > PIPE_NAME_LIMIT:
+            raise PathError(
+                f"The machine name {self.name!r} makes its pipe names too long for Windows.",
+                "Use a machine name of at most 31 letters, digits and dashes.",
+            )
+        return name
+
+    @property
     def qmp_address(self) -> str:
         """A unix socket path, or on Windows the full name of a named pipe."""
         if self.windows_pipes:
-            return f"{PIPE_PREFIX}berth-{self.name}-qmp"
+            return self._pipe("qmp")
         return str(self.run_dir / "qmp.sock")
 
     @property
     def engine_pipe(self) -> str | None:
         """The engine socket's pipe name on Windows (None where it is a unix socket)."""
         if self.windows_pipes:
-            return f"{PIPE_PREFIX}berth-{self.name}-docker"
+            return self._pipe("docker")
         return None
 
     @property
     def console_address(self) -> str:
         if self.windows_pipes:
-            return f"{PIPE_PREFIX}berth-{self.name}-console"
+            return self._pipe("console")
         return str(self.run_dir / "console.sock")
 
     def socket_files(self) -> tuple[Path, ...]:

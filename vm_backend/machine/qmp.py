@@ -7,12 +7,12 @@ must be quick and thread-safe. A dropped connection that we did not ask for (QEM
 was killed) is reported through ``on_disconnect`` — one of the two crash signals, the
 other being the process exit.
 
-On Windows QEMU's QMP endpoint is a named pipe (``-chardev pipe``, ``\\\\.\\pipe\\berth-
-<name>-qmp``). qemu.qmp only connects to unix or TCP addresses, so :class:`_QMPClient`
-overrides its ``_do_connect`` for pipe names: asyncio's Proactor loop (the default event
-loop on Windows, which :class:`EventLoopThread` uses) opens the pipe with
-``create_pipe_connection`` and qemu.qmp gets the usual StreamReader/StreamWriter.
-Unit-tested on Linux with a fake loop; never run on Windows.
+On Windows QEMU's QMP endpoint is a named pipe (``-chardev pipe``, ``\\\\.\\pipe\\<stem>-
+<name>-qmp``) that serves one client and is not owner-only: berthd claims it right after
+QEMU starts (:mod:`vm_backend.machine.qemu_pipes`, which refuses a pipe someone else
+holds), and :class:`_QMPClient` runs qemu.qmp over the claimed pipe through a threaded
+asyncio transport instead of connecting to an address. Unit-tested on Linux over the
+in-memory fake of the pipe API; never run on Windows.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError, Runstate
 from vm_backend.errors import BerthError
 from vm_backend.machine.loopthread import EventLoopThread
 from vm_backend.machine.paths import PIPE_PREFIX
+from vm_backend.machine.qemu_pipes import claim_qemu_pipe, open_stream_connection
+from vm_backend.winpipe import PipeStream
 
 log = logging.getLogger(__name__)
 
@@ -90,50 +92,28 @@ def _hostfwd_rule(proto: str, host_addr: str, host_port: int) -> str:
     return f"{proto}:{addr}:{host_port}"
 
 
-async def open_pipe_connection(
-    address: str, limit: int
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Streams over the named pipe ``address`` (asyncio's ``open_connection`` for pipes).
-
-    Needs a loop with ``create_pipe_connection``: the Proactor loop, Windows' default.
-    A pipe that does not exist yet raises ``OSError`` (FileNotFoundError), which
-    :meth:`QmpMonitor.connect` retries like a socket QEMU has not created yet.
-    """
-    loop = asyncio.get_running_loop()
-    create = getattr(loop, "create_pipe_connection", None)
-    if create is None:
-        raise QmpError(
-            "QEMU's control pipe needs asyncio's Proactor event loop.",
-            "Report this: Berth's event loop on Windows must be the default (Proactor).",
-        )
-    reader = asyncio.StreamReader(limit=limit, loop=loop)
-    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-    transport, _ = await create(lambda: protocol, address)
-    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-    return reader, writer
-
-
 class _QMPClient(QMPClient):
-    """qemu.qmp's client, able to connect to a Windows named pipe as well."""
+    """qemu.qmp's client, which can also talk over a pipe berthd has already claimed."""
+
+    def __init__(self, name: str, pipe: PipeStream | None = None) -> None:
+        super().__init__(name)
+        self._pipe = pipe
 
     async def _do_connect(
         self, address: Any, ssl: SSLContext | None = None
     ) -> None:
-        if not (isinstance(address, str) and address.startswith(PIPE_PREFIX)):
+        if self._pipe is None:
             await super()._do_connect(address, ssl)
             return
-        # What qemu.qmp 0.0.3's _do_connect does, with the pipe in place of the socket.
+        # What qemu.qmp's _do_connect does, with the claimed pipe in place of a socket.
         assert self.runstate == Runstate.IDLE
         self._set_state(Runstate.CONNECTING)
         await asyncio.sleep(0)  # let runstate watchers see CONNECTING
-        self.logger.debug("Connecting to pipe %s ...", address)
-        self._reader, self._writer = await open_pipe_connection(address, self.readbuflen)
-        self.logger.debug("Connected.")
+        self.logger.debug("Talking over the pipe %s ...", address)
+        self._reader, self._writer = open_stream_connection(self._pipe, address, self.readbuflen)
 
 
 def _address_ready(address: str) -> bool:
-    if address.startswith("\\\\"):
-        return True  # a Windows named pipe: no file to wait for
     return os.path.exists(address)
 
 
@@ -165,14 +145,24 @@ class QmpMonitor:
         timeout: float = 10.0,
         retry_interval: float = 0.01,
         alive: Callable[[], bool] | None = None,
+        pipe: PipeStream | None = None,
     ) -> None:
         """Connect, retrying until ``timeout`` while QEMU creates the socket.
 
         ``alive`` (if given) is checked between attempts, so a QEMU that died during
         start-up fails the connect at once instead of after the whole timeout.
+
+        A Windows pipe name is claimed instead (:func:`claim_qemu_pipe`: a pipe someone
+        else holds raises :class:`~vm_backend.machine.qemu_pipes.PipeTakenError`), unless
+        ``pipe`` is that pipe, claimed already; it is closed if the session fails.
         """
         started = time.monotonic()
         deadline = started + timeout
+        if pipe is not None or address.startswith(PIPE_PREFIX):
+            client = await self._connect_pipe(address, deadline, alive, pipe)
+            self.connected_after = time.monotonic() - started
+            self._start(client)
+            return
         last_error: BaseException | None = None
         while True:
             if not _address_ready(address):
@@ -223,6 +213,44 @@ class QmpMonitor:
                     "See qemu.log in the machine's folder.",
                 ) from last_error
             await asyncio.sleep(retry_interval)
+        self._start(client)
+
+    async def _connect_pipe(
+        self, address: str, deadline: float, alive: Callable[[], bool] | None,
+        pipe: PipeStream | None,
+    ) -> QMPClient:
+        if pipe is None:
+            # Blocking (it polls for the pipe): off the loop.
+            pipe = await asyncio.get_running_loop().run_in_executor(
+                None, claim_qemu_pipe, address, deadline, alive
+            )
+        client = _QMPClient(self._name, pipe)
+        client.logger = _QUIET_CONNECT_LOG
+        try:
+            # The pipe is ours; a QEMU still starting up greets once its chardevs are
+            # all connected.
+            await asyncio.wait_for(client.connect(address),
+                                   max(0.1, deadline - time.monotonic()))
+        except BaseException as exc:
+            with contextlib.suppress(QMPError, OSError, AssertionError):
+                await client.disconnect()
+            pipe.close()  # QEMU serves the pipe once: a failed session cannot be retried
+            if isinstance(exc, TimeoutError):
+                raise QmpError(
+                    f"QEMU did not greet on its control pipe {address} in time.",
+                    "See qemu.log in the machine's folder.",
+                ) from exc
+            if isinstance(exc, QMPError | OSError):
+                raise QmpError(
+                    f"The QMP handshake on {address} failed: {exc}.",
+                    "See qemu.log in the machine's folder.",
+                ) from exc
+            raise
+        client.logger = logging.getLogger("qemu.qmp.protocol").getChild(self._name)
+        self._client = client
+        return client
+
+    def _start(self, client: QMPClient) -> None:
         listener = EventListener(WATCHED_EVENTS)
         client.register_listener(listener)
         self._closing = False
@@ -354,10 +382,13 @@ class SyncQmp:
         return self.monitor.connected
 
     def connect(
-        self, address: str, timeout: float = 10.0, alive: Callable[[], bool] | None = None
+        self, address: str, timeout: float = 10.0, alive: Callable[[], bool] | None = None,
+        pipe: PipeStream | None = None,
     ) -> float:
-        """Connect; returns how long it took (seconds)."""
-        self._loop.run(self.monitor.connect(address, timeout, alive=alive), timeout + 5)
+        """Connect (over ``pipe`` if given, see :meth:`QmpMonitor.connect`); returns how
+        long it took (seconds)."""
+        self._loop.run(self.monitor.connect(address, timeout, alive=alive, pipe=pipe),
+                       timeout + 5)
         return self.monitor.connected_after or 0.0
 
     def execute(self, command: str, arguments: Mapping[str, object] | None = None) -> Any:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from vm_backend.machine.argv import build_argv, qemu_escape
 from vm_backend.machine.hostinfo import Arch, HostInfo, HostOS
 from vm_backend.machine.image import GuestImage
-from vm_backend.machine.paths import MachinePaths
+from vm_backend.machine.paths import MachinePaths, pipe_stem
 from vm_backend.machine.spec import Accelerator, MachineSpec, Share
 
 LINUX_X86 = HostInfo(HostOS.LINUX, Arch.AMD64, cpus=8, memory_mib=16384, qemu_version=(7, 2))
@@ -176,6 +176,7 @@ def test_windows_whpx_named_pipes_and_no_virtfs() -> None:
     spec = replace(SPEC, shares=(Share("C:/Users/u", "home"),))
     argv = build_argv(spec, WIN, WIN_PATHS, IMAGE, accel=Accelerator.WHPX, ssh_port=2222)
     state = "C:/Users/u/berth/machines/dev"
+    stem = pipe_stem(Path("C:/Users/u/berth"))  # per user and home: see test_paths_state_lock
     assert [str(a) for a in argv] == [
         *head("qemu-system-x86_64.exe"),
         "-machine", "q35",
@@ -187,14 +188,14 @@ def test_windows_whpx_named_pipes_and_no_virtfs() -> None:
         "-initrd", "/img/initrd.img",
         "-append", "console=ttyS0 panic=-1",
         *disks_and_devices(f"{state}/data.qcow2"),
-        "-chardev", "pipe,id=qmp,path=berth-dev-qmp",
+        "-chardev", f"pipe,id=qmp,path={stem}-dev-qmp",
         "-mon", "chardev=qmp,mode=control",
-        "-chardev", "pipe,id=console,path=berth-dev-console",
+        "-chardev", f"pipe,id=console,path={stem}-dev-console",
         "-serial", "chardev:console",
         *fw_cfg(state),
         "-pidfile", f"{state}/run/qemu.pid",
     ]
-    assert WIN_PATHS.qmp_address == "\\\\.\\pipe\\berth-dev-qmp"
+    assert WIN_PATHS.qmp_address == f"\\\\.\\pipe\\{stem}-dev-qmp"
 
 
 def test_linux_kvm_arm64_host() -> None:

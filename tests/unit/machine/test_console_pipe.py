@@ -1,5 +1,6 @@
 """The serial console over a Windows named pipe (QEMU's ``-chardev pipe``), on Linux over
-the in-memory fake of the pipe API (tests/unit/winpipe_fake.py)."""
+the in-memory fake of the pipe API (tests/unit/winpipe_fake.py): claimed while it does not
+exist yet, refused at once when another program holds it."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.winpipe_fake import FakeApi
+from tests.unit.winpipe_fake import FakeApi, win_error
 from vm_backend import winpipe
 from vm_backend.machine.console import ConsoleError, ConsoleMarker, SerialConsole
-from vm_backend.machine.paths import MachinePaths
+from vm_backend.machine.paths import PIPE_PREFIX, MachinePaths, pipe_stem
+from vm_backend.machine.qemu_pipes import PipeTakenError
 
 # The console connects to the name paths.py gives on Windows.
 NAME = MachinePaths.for_machine("dev", Path("/nonexistent"), windows_pipes=True).console_address
@@ -26,7 +28,7 @@ def api(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
 
 
 def test_console_reads_writes_and_sees_qemu_go(api: FakeApi, tmp_path: Path) -> None:
-    assert NAME == "\\\\.\\pipe\\berth-dev-console"
+    assert f"{PIPE_PREFIX}{pipe_stem(Path('/nonexistent'))}-dev-console" == NAME
     qemu = winpipe.PipeListener(NAME)  # stands in for QEMU's chardev pipe
     console = SerialConsole(NAME, log_path=tmp_path / "console.log")
     markers: list[ConsoleMarker] = []
@@ -64,3 +66,46 @@ def test_console_connect_gives_up_with_a_clear_error(api: FakeApi) -> None:
     console = SerialConsole(NAME)
     with pytest.raises(ConsoleError, match="Could not connect to the VM console"):
         console.connect(timeout=0.2)
+
+
+def test_a_console_pipe_someone_else_holds_fails_at_once(api: FakeApi) -> None:
+    with api.cond:  # QEMU's one instance, and another program on it before us
+        api.create_named_pipe(NAME, winpipe.LISTEN_OPEN_MODE, 0, 1, 0, 0, 0, 0)
+        squatter = winpipe.connect_pipe(NAME, api=api)
+    console = SerialConsole(NAME)
+    started = time.monotonic()
+    with pytest.raises(PipeTakenError, match="could read the VM's console"):
+        console.connect(timeout=10)
+    assert time.monotonic() - started < 2
+    assert not [c for c in api.calls if c[0] == "wait_named_pipe"]
+    assert not console.connected
+    squatter.close()
+
+
+def test_a_console_pipe_that_refuses_us_fails_at_once(
+    api: FakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def denied(name: str, access: int, flags: int) -> int:
+        raise win_error(winpipe.ERROR_ACCESS_DENIED)
+
+    monkeypatch.setattr(api, "create_file", denied)
+    with pytest.raises(PipeTakenError, match="Another program owns"):
+        SerialConsole(NAME).connect(timeout=10)
+
+
+def test_a_console_pipe_claimed_by_the_caller_is_read(api: FakeApi) -> None:
+    qemu = winpipe.PipeListener(NAME)
+    pipe = winpipe.connect_pipe(NAME, 5)
+    guest = qemu.accept(5)
+    console = SerialConsole(NAME)
+    console.connect(timeout=0.1, pipe=pipe)
+    creates = len([c for c in api.calls if c[0] == "create_file"])
+    guest.sendall(b"hello\r\n")
+    deadline = time.monotonic() + 5
+    while b"hello" not in console.tail() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert console.tail() == b"hello\r\n"
+    assert len([c for c in api.calls if c[0] == "create_file"]) == creates == 1
+    console.close()
+    assert pipe.closed
+    qemu.close()

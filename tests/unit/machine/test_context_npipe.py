@@ -10,15 +10,16 @@ import pytest
 
 from vm_backend.errors import InputError
 from vm_backend.machine.context import engine_host_url, read_context_host, write_context
-from vm_backend.machine.paths import MachinePaths
+from vm_backend.machine.paths import MachinePaths, pipe_stem
 
 
 def test_engine_url_is_unix_or_the_local_npipe(tmp_path: Path) -> None:
     sock = tmp_path / "run" / "docker.sock"
     assert engine_host_url(sock) == f"unix://{sock}"
     paths = MachinePaths.for_machine("dev", tmp_path, windows_pipes=True)
-    assert paths.engine_pipe == "\\\\.\\pipe\\berth-dev-docker"
-    assert engine_host_url(sock, paths.engine_pipe) == "npipe:////./pipe/berth-dev-docker"
+    stem = pipe_stem(tmp_path)
+    assert paths.engine_pipe == f"\\\\.\\pipe\\{stem}-dev-docker"
+    assert engine_host_url(sock, paths.engine_pipe) == f"npipe:////./pipe/{stem}-dev-docker"
     assert MachinePaths.for_machine("dev", tmp_path, windows_pipes=False).engine_pipe is None
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import getpass
+import hashlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -16,10 +19,13 @@ import pytest
 
 from vm_backend.machine.lock import LockTimeout, MachineLock
 from vm_backend.machine.paths import (
+    PIPE_NAME_LIMIT,
+    PIPE_PREFIX,
     SOCKET_PATH_LIMIT,
     MachinePaths,
     PathError,
     berth_home,
+    daemon_pipe_name,
     ensure_private_dir,
     run_dir_for,
 )
@@ -75,6 +81,48 @@ def test_long_state_dir_moves_sockets_to_a_short_hashed_dir(tmp_path: Path) -> N
     paths.ensure()
     assert run.stat().st_mode & 0o777 == 0o700
     assert run.parent.stat().st_mode & 0o777 == 0o700
+
+
+def _machine_pipes(name: str, home: Path) -> tuple[str, str, str | None]:
+    paths = MachinePaths.for_machine(name, home, windows_pipes=True)
+    return paths.qmp_address, paths.console_address, paths.engine_pipe
+
+
+def test_machine_pipes_are_named_per_user_and_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(getpass, "getuser", lambda: "alice")
+    home = tmp_path / "a"
+    digest = hashlib.sha256(os.fsencode(str(home))).hexdigest()[:12]
+    stem = f"{PIPE_PREFIX}berth-alice-{digest}"
+    assert _machine_pipes("default", home) == (
+        f"{stem}-default-qmp", f"{stem}-default-console", f"{stem}-default-docker")
+    assert daemon_pipe_name(home) == f"{stem}-berthd"  # one stem for all of a home's pipes
+    # Another home of the same user, and another user with the same home, never collide.
+    other_home = _machine_pipes("default", tmp_path / "b")
+    monkeypatch.setattr(getpass, "getuser", lambda: "bob")
+    other_user = _machine_pipes("default", home)
+    names = {*_machine_pipes("default", home), *other_home, *other_user}
+    assert len(names) == 6 and len({*other_home, *other_user}) == 6
+    assert all(n.startswith(f"{PIPE_PREFIX}berth-bob-{digest}-") for n in other_user)
+
+
+def test_pipe_names_stay_plain_and_within_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(getpass, "getuser", lambda: "Ünï cødé\\user," + "x" * 80)
+    longest = "a" + "-" * 30  # the longest name spec.py allows (31 characters)
+    for name in _machine_pipes(longest, tmp_path / ("h" * 200)):
+        assert name is not None and len(name) <= PIPE_NAME_LIMIT
+        rest = name.removeprefix(PIPE_PREFIX)
+        assert re.fullmatch(
+            r"berth-[A-Za-z0-9_.-]{1,32}-[0-9a-f]{12}-a-{30}-(qmp|console|docker)", rest)
+        assert "\\" not in rest and "," not in rest and " " not in rest
+    with pytest.raises(PathError, match="too long for Windows"):
+        _machine_pipes("m" * 300, tmp_path)
+    # Elsewhere they are sockets in the run dir, and there is no engine pipe.
+    paths = MachinePaths.for_machine("dev", tmp_path, windows_pipes=False)
+    assert paths.qmp_address == str(paths.run_dir / "qmp.sock") and paths.engine_pipe is None
 
 
 def test_read_pid(tmp_path: Path) -> None:

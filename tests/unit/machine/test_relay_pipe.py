@@ -46,7 +46,7 @@ def test_the_relay_serves_the_pipe_and_gives_the_npipe_url(
     api: FakeApi, relays: list[EngineSocketRelay], tmp_path: Path
 ) -> None:
     relay = start(relays, FakeSSH(reply_and_close), tmp_path)
-    assert relay.url == "npipe:////./pipe/berth-dev-docker"
+    assert relay.url == "npipe:////./pipe/" + PIPE.split("\\")[-1]  # berth-<user>-<hash>-dev-docker
     assert not (tmp_path / "docker.sock").exists()  # no unix socket on this path
     first = next(c for c in api.calls if c[0] == "create_named_pipe")
     assert first[1] == PIPE
