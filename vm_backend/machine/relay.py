@@ -19,11 +19,12 @@ a temporary name in that directory and renamed into place, so a symlink or file 
 the final path is replaced, never followed. The relay only ever connects to a socket path
 *inside the guest*, by the SSH channel; it never resolves a host path per connection
 (the CVE-2026-79994 shape). On Windows the counterpart is an owner-only named pipe
-(``pipe_name``, ``\\\\.\\pipe\\berth-<machine>-docker``; :mod:`vm_backend.winpipe`: a DACL
-for the current user only, remote clients rejected, and a name another program created
-first refused). Its clients are :class:`~vm_backend.winpipe.PipeStream` objects, which
-have the socket calls the pumps make; a zero-length message is a half-close both ways (Docker's
-go-winio convention). Unit-tested on Linux over a fake pipe API; never run on Windows.
+(``pipe_name``, ``\\\\.\\pipe\\berth-<user>-<hash>-<machine>-docker``;
+:mod:`vm_backend.winpipe`: a DACL for the current user only, remote clients rejected, and
+a name another program created first refused). Its clients are
+:class:`~vm_backend.winpipe.PipeStream` objects, which have the socket calls the pumps make;
+a zero-length message is a half-close both ways (Docker's go-winio convention).
+Unit-tested on Linux over a fake pipe API; never run on Windows.
 """
 
 from __future__ import annotations
