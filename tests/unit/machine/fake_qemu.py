@@ -18,7 +18,12 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
+
+# Run as a script (python fake_qemu.py ARGV): the repository root makes ``tests`` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+from tests.unit.machine.qmp_stream import QmpStreamDecoder
 
 STAGES = ("init", "network", "datadisk", "sshd", "engine", "agent", "ready")
 
@@ -128,16 +133,9 @@ class FakeQemu:
     def _serve_qmp(self, conn: socket.socket) -> None:
         self._send(conn, {"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7},
                                               "package": ""}, "capabilities": []}})
-        decoder = json.JSONDecoder()
-        buf = ""
+        decoder = QmpStreamDecoder()
         while chunk := conn.recv(4096):
-            buf += chunk.decode()
-            while buf.strip():
-                try:
-                    msg, end = decoder.raw_decode(buf.lstrip())
-                except json.JSONDecodeError:
-                    break
-                buf = buf.lstrip()[end:]
+            for msg in decoder.feed(chunk):
                 self._command(conn, msg)
 
     def _command(self, conn: socket.socket, msg: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ import json
 import threading
 from typing import Any
 
+from tests.unit.machine.qmp_stream import QmpStreamDecoder
 from tests.unit.winpipe_fake import FakeApi
 from vm_backend import winpipe as wp
 
@@ -74,16 +75,9 @@ class PipeQemu:
         threading.Thread(target=self._read_console, daemon=True).start()
         self._send({"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 8},
                                         "package": ""}, "capabilities": []}})
-        decoder = json.JSONDecoder()
-        buf = ""
+        decoder = QmpStreamDecoder()
         while chunk := self._recv(self.qmp):
-            buf += chunk.decode()
-            while buf.strip():
-                try:
-                    msg, end = decoder.raw_decode(buf.lstrip())
-                except json.JSONDecodeError:
-                    break
-                buf = buf.lstrip()[end:]
+            for msg in decoder.feed(chunk):
                 self._command(msg)
 
     @staticmethod

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.unit.machine.qmp_stream import QmpStreamDecoder
 from vm_backend.machine.loopthread import EventLoopThread
 from vm_backend.machine.qmp import QmpError, QmpEvent, SyncQmp
 
@@ -23,16 +24,9 @@ GREETING = {"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "p
 
 async def _json_stream(reader: asyncio.StreamReader) -> AsyncIterator[dict[str, Any]]:
     """QMP is a JSON stream, not lines: qemu.qmp sends commands without a newline."""
-    decoder = json.JSONDecoder()
-    buf = ""
+    decoder = QmpStreamDecoder()
     while chunk := await reader.read(4096):
-        buf += chunk.decode()
-        while buf.strip():
-            try:
-                msg, end = decoder.raw_decode(buf.lstrip())
-            except json.JSONDecodeError:
-                break
-            buf = buf.lstrip()[end:]
+        for msg in decoder.feed(chunk):
             yield msg
 
 

@@ -46,6 +46,19 @@ def loop_thread() -> Iterator[EventLoopThread]:
 
 
 @pytest.fixture
+def pipe_pair(api: FakeApi) -> Iterator[tuple[winpipe.PipeStream, winpipe.PipeStream]]:
+    """(client, server end) of one connected pipe; closed after the test."""
+    listener = winpipe.PipeListener(NAME)
+    client = winpipe.connect_pipe(NAME, 5)
+    client.settimeout(None)
+    peer = listener.accept(5)
+    yield client, peer
+    for end in (client, peer):
+        end.close()
+    listener.close()
+
+
+@pytest.fixture
 def qemus() -> Iterator[list[PipeQemu]]:
     started: list[PipeQemu] = []
     yield started
@@ -145,12 +158,9 @@ def test_a_pipe_closed_before_the_greeting_is_a_clear_error(
 
 
 def test_the_transport_drains_through_the_pipe_then_closes(
-    api: FakeApi, loop_thread: EventLoopThread
+    pipe_pair: tuple[winpipe.PipeStream, winpipe.PipeStream], loop_thread: EventLoopThread
 ) -> None:
-    listener = winpipe.PipeListener(NAME)
-    client = winpipe.connect_pipe(NAME, 5)
-    client.settimeout(None)
-    peer = listener.accept(5)
+    client, peer = pipe_pair
     big = bytes(range(256)) * 1024  # 256 KiB: above the high-water mark
     got = bytearray()
 
@@ -176,17 +186,12 @@ def test_the_transport_drains_through_the_pipe_then_closes(
     reader_thread.join(5)
     assert bytes(got) == big  # all of it, and then the peer read EOF
     assert client.closed
-    peer.close()
-    listener.close()
 
 
 def test_the_transport_reports_the_peer_going_away(
-    api: FakeApi, loop_thread: EventLoopThread
+    pipe_pair: tuple[winpipe.PipeStream, winpipe.PipeStream], loop_thread: EventLoopThread
 ) -> None:
-    listener = winpipe.PipeListener(NAME)
-    client = winpipe.connect_pipe(NAME, 5)
-    client.settimeout(None)
-    peer = listener.accept(5)
+    client, peer = pipe_pair
 
     async def until_eof() -> bool:
         reader, writer = open_stream_connection(client, NAME, 2**16)
@@ -198,7 +203,6 @@ def test_the_transport_reports_the_peer_going_away(
 
     assert loop_thread.run(until_eof(), 10)
     assert client.closed
-    listener.close()
 
 
 def _read_until(stream: winpipe.PipeStream, marker: bytes) -> bytes:
