@@ -1,9 +1,11 @@
 """Engines: every endpoint found, its version/OS/arch/state; switch, add, remove, default.
 
-Endpoints come from discovery (DOCKER_HOST, the docker context, rootful/rootless Docker and
-Podman, Berth's VM) plus the ones the user added by hand (``unix://``, ``ssh://user@host``
-— docker-py's paramiko transport checks the host key against known_hosts and refuses
-unknown hosts —, ``tcp://``). Probing happens on worker threads.
+Endpoints come from discovery (DOCKER_HOST, the docker context, the platform's engines —
+rootful/rootless Docker and Podman on Linux; Docker Desktop and the podman machine on macOS
+and Windows; Colima, OrbStack and Rancher Desktop on macOS —, Berth's VM) plus the ones the
+user added by hand (``unix://``, ``npipe://`` on Windows, ``ssh://user@host`` — docker-py's paramiko
+transport checks the host key against known_hosts and refuses unknown hosts —,
+``tcp://``). Probing happens on worker threads.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from PySide6.QtWidgets import (
 from app.bridge import Op, user_message
 from app.models.simple_table import SimpleTableModel
 from app.pages.registry import register_page
-from vm_backend.engine.discovery import normalise_url, probe
+from vm_backend.engine.discovery import address_examples, normalise_url, probe
 from vm_backend.engine.models import Endpoint, EndpointSource
 from vm_backend.errors import InputError
 
@@ -40,12 +42,9 @@ _SCHEMES = ("unix://", "ssh://", "tcp://", "npipe://")
 def validate_engine_url(text: str) -> str:
     url = normalise_url(text)
     if not url:
-        raise InputError("The address is empty.", "e.g. ssh://me@build-box or unix:///path")
+        raise InputError("The address is empty.", f"e.g. {address_examples()}")
     if not url.startswith(_SCHEMES):
-        raise InputError(
-            f"{text!r} is not an engine address.",
-            "Use unix:///path/to/socket, ssh://user@host or tcp://host:port.",
-        )
+        raise InputError(f"{text!r} is not an engine address.", f"Use {address_examples()}.")
     if url.startswith("ssh://") and "@" not in url:
         raise InputError("An SSH address needs a user.", "Write ssh://user@host.")
     if any(c.isspace() for c in url):
@@ -206,7 +205,7 @@ class EnginesPage(QWidget):
 
     def _ask_add(self) -> None:
         text, ok = QInputDialog.getText(
-            self, "Add an engine", "Address (unix:///path, ssh://user@host, tcp://host:port):"
+            self, "Add an engine", f"Address ({address_examples()}):"
         )
         if ok:
             self.add_engine(text)

@@ -1,10 +1,25 @@
 """Find container engines the way a docker user expects, and say what each one is.
 
-Order: ``DOCKER_HOST``; the current docker context; rootful then rootless Docker; rootful
-then rootless Podman; Berth's own VM socket (on Windows its named pipe,
-``npipe:////./pipe/berth-<machine>-docker``); endpoints added by hand. Each endpoint is
-probed (``/version``) in parallel with a short timeout and reports what it is, or why it
-is unusable and what to do about it.
+Order: ``DOCKER_HOST``; the current docker context; the engines people run on this
+platform (:func:`candidates` takes the platform and home folder, so each list is tested on
+Linux):
+
+* Linux: rootful then rootless Docker, rootful then rootless Podman;
+* macOS: Docker Desktop (``~/.docker/run/docker.sock``); ``/var/run/docker.sock`` (a link
+  that Docker Desktop, podman-mac-helper, Rancher Desktop or OrbStack may own; left out
+  when it leads to a socket already listed); the podman machine; Colima; OrbStack;
+  Rancher Desktop;
+* Windows: Docker Desktop (``npipe:////./pipe/docker_engine``, else
+  ``dockerDesktopLinuxEngine``); the podman machine (``podman-machine-default``);
+
+then Berth's own VM socket (on Windows its named pipe,
+``npipe:////./pipe/berth-<machine>-docker``); endpoints added by hand. A product with
+several known addresses (podman 4 and 5, Colima's two homes) is one row: the first address
+that exists now (a stat or a ``WaitNamedPipe``, no connect), else the first, whose row then
+says how to start it. Each endpoint is probed (``/version``) in parallel with a short
+timeout and reports what it is, or why it is unusable and what to do about it, in the
+platform's terms (systemctl and the docker group on Linux, the desktop apps and
+``podman machine start`` on macOS and Windows).
 
 ``npipe://`` addresses are Windows named pipes: elsewhere they are reported unsupported
 with the forms that work; on Windows a local pipe is looked up before docker-py connects
@@ -20,7 +35,7 @@ import os
 import socket
 import stat
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -60,6 +75,10 @@ if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
         PIPE_ERRORS = (pywintypes.error,)
     except ImportError:  # docker-py then says to install it, as a DockerException
         pass
+
+
+#: One engine product: its row name, its source, and its known addresses, newest first.
+Product = tuple[str, EndpointSource, tuple[str, ...]]
 
 
 def _runtime_dir() -> Path:
@@ -118,26 +137,110 @@ def berth_vm_endpoints() -> list[tuple[str, str]]:
     return found
 
 
-def candidates(extra: Sequence[str] = ()) -> list[tuple[str, str, EndpointSource]]:
-    """(name, url, source) in the order a docker user expects, without duplicates."""
+def local_products(platform: str, home: Path, env: Mapping[str, str]) -> list[Product]:
+    """The engines people run on ``platform`` (``sys.platform``), where each one answers."""
+    if platform == "win32":
+        return [
+            # Docker Desktop's proxy pipe (which podman machine takes when it is free),
+            # and the Linux engine's own pipe (Docker Desktop 4.x).
+            ("Docker Desktop", EndpointSource.DOCKER_DESKTOP,
+             (f"{LOCAL_NPIPE}docker_engine", f"{LOCAL_NPIPE}dockerDesktopLinuxEngine")),
+            # podman pkg/machine/shim/networking_windows.go: the machine's own pipe is
+            # "podman-" + its name (env.WithPodmanPrefix); the default machine's below.
+            ("podman machine", EndpointSource.PODMAN_MACHINE,
+             (f"{LOCAL_NPIPE}podman-machine-default",)),
+        ]
+    if platform == "darwin":
+        # Podman's machine data dir is $XDG_DATA_HOME (else ~/.local/share)/containers/
+        # podman/machine (pkg/machine/env/dir.go DataDirPrefix). Podman 5 puts the API
+        # socket in its runtime dir, $TMPDIR (else /tmp)/podman, as <machine>-api.sock
+        # (pkg/machine/env/dir_darwin.go, vmconfigs apiSocket; containers/podman#22028),
+        # and, with podman-mac-helper installed, links machine/podman.sock to it
+        # (shim/networking_unix.go setupForwardingLinks). Podman 4.5-4.9 listened on
+        # machine/qemu/podman.sock (podman-desktop/podman-desktop#3218). A TMPDIR that
+        # differs from the one podman was started with misses the first; the link and
+        # `podman machine inspect` (ConnectionInfo.PodmanSocket) are then the way.
+        data = Path(env.get("XDG_DATA_HOME") or home / ".local" / "share")
+        machine = data / "containers" / "podman" / "machine"
+        tmp = Path(env.get("TMPDIR") or "/tmp")
+        return [
+            ("Docker Desktop", EndpointSource.DOCKER_DESKTOP,
+             (f"unix://{home}/.docker/run/docker.sock",)),
+            ("docker (/var/run/docker.sock)", EndpointSource.SHARED_DOCKER_SOCKET,
+             ("unix:///var/run/docker.sock",)),
+            ("podman machine", EndpointSource.PODMAN_MACHINE, (
+                f"unix://{tmp}/podman/podman-machine-default-api.sock",
+                f"unix://{machine}/podman.sock",
+                f"unix://{machine}/qemu/podman.sock",
+            )),
+            # Colima's home is ~/.colima, or ~/.config/colima in its XDG layout.
+            ("Colima", EndpointSource.COLIMA, (
+                f"unix://{home}/.colima/default/docker.sock",
+                f"unix://{home}/.config/colima/default/docker.sock",
+            )),
+            ("OrbStack", EndpointSource.ORBSTACK, (f"unix://{home}/.orbstack/run/docker.sock",)),
+            ("Rancher Desktop", EndpointSource.RANCHER_DESKTOP, (f"unix://{home}/.rd/docker.sock",)),
+        ]
+    run = _runtime_dir()
+    return [
+        ("docker", EndpointSource.DOCKER_ROOTFUL, ("unix:///var/run/docker.sock",)),
+        ("docker (rootless)", EndpointSource.DOCKER_ROOTLESS, (f"unix://{run}/docker.sock",)),
+        ("podman", EndpointSource.PODMAN_ROOTFUL, ("unix:///run/podman/podman.sock",)),
+        ("podman (rootless)", EndpointSource.PODMAN_ROOTLESS,
+         (f"unix://{run}/podman/podman.sock",)),
+    ]
+
+
+def _exists_now(url: str) -> bool:
+    """Whether something answers to this name now, without connecting (stat / WaitNamedPipe)."""
+    if url.startswith("unix://"):
+        return os.path.exists(url.removeprefix("unix://"))
+    if url.startswith(LOCAL_NPIPE):
+        problem = _pipe_problem(_pipe_name(url))
+        return problem is None or problem[0] is not EndpointStatus.MISSING
+    return False
+
+
+def _pick_address(addresses: tuple[str, ...]) -> str:
+    """The first address that exists now, else the first (its row says how to start it)."""
+    if len(addresses) > 1:
+        for url in addresses:
+            if _exists_now(url):
+                return url
+    return addresses[0]
+
+
+def _identity(url: str, platform: str) -> str:
+    """What makes two addresses the same engine: on macOS a socket reached through a link
+    (/var/run/docker.sock -> ~/.docker/run/docker.sock) is the socket it leads to."""
+    if platform == "darwin" and url.startswith("unix://"):
+        return "unix://" + os.path.realpath(url.removeprefix("unix://"))
+    return url
+
+
+def candidates(
+    extra: Sequence[str] = (),
+    *,
+    platform: str | None = None,
+    home: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> list[tuple[str, str, EndpointSource]]:
+    """(name, url, source) in the order a docker user expects, without duplicates.
+
+    ``platform`` (``sys.platform``), ``home`` and ``env`` default to this computer's.
+    """
+    platform = sys.platform if platform is None else platform
+    home = Path.home() if home is None else home
+    env = os.environ if env is None else env
     out: list[tuple[str, str, EndpointSource]] = []
-    host = os.environ.get("DOCKER_HOST", "")
+    host = env.get("DOCKER_HOST", "")
     if host:
         out.append(("DOCKER_HOST", host, EndpointSource.DOCKER_HOST))
     ctx = context_endpoint()
     if ctx:
         out.append((f"context {ctx[0]}", ctx[1], EndpointSource.CONTEXT))
-    run = _runtime_dir()
-    out += [
-        ("docker", "unix:///var/run/docker.sock", EndpointSource.DOCKER_ROOTFUL),
-        ("docker (rootless)", f"unix://{run}/docker.sock", EndpointSource.DOCKER_ROOTLESS),
-        ("podman", "unix:///run/podman/podman.sock", EndpointSource.PODMAN_ROOTFUL),
-        (
-            "podman (rootless)",
-            f"unix://{run}/podman/podman.sock",
-            EndpointSource.PODMAN_ROOTLESS,
-        ),
-    ]
+    for name, source, addresses in local_products(platform, home, env):
+        out.append((name, _pick_address(addresses), source))
     for machine, url in berth_vm_endpoints():
         out.append((f"berth VM {machine}", url, EndpointSource.BERTH_VM))
     for url in extra:
@@ -146,8 +249,9 @@ def candidates(extra: Sequence[str] = ()) -> list[tuple[str, str, EndpointSource
     unique = []
     for name, url, source in out:
         key = normalise_url(url)
-        if key not in seen:
-            seen.add(key)
+        identity = _identity(key, platform)
+        if identity not in seen:
+            seen.add(identity)
             unique.append((name, key, source))
     return unique
 
@@ -225,21 +329,37 @@ def _npipe_problem(url: str) -> tuple[EndpointStatus, str, str] | None:
         )
     if not url.startswith(LOCAL_NPIPE):
         return None  # a pipe on another computer: docker-py reaches it over SMB, or says why
-    return _pipe_problem(url.removeprefix(NPIPE_SCHEME).replace("/", "\\"))
+    return _pipe_problem(_pipe_name(url))
+
+
+def _pipe_name(url: str) -> str:
+    """``npipe:////./pipe/x`` as Windows spells it: ``\\\\.\\pipe\\x``."""
+    return url.removeprefix(NPIPE_SCHEME).replace("/", "\\")
+
+
+def address_examples() -> str:
+    """The engine address forms that work on this computer, for hints and prompts."""
+    if sys.platform == "win32":
+        return "npipe:////./pipe/NAME, ssh://user@host or tcp://host:port"
+    return "unix:///path, ssh://user@host or tcp://host:port"
 
 
 def _address_forms() -> str:
-    if sys.platform == "win32":
-        return "Use npipe:////./pipe/NAME, ssh://user@host or tcp://host:port"
-    return "Use unix:///path, ssh://user@host or tcp://host:port"
+    return f"Use {address_examples()}"
 
 
 def _permission_hint(url: str) -> str:
     if url.startswith(NPIPE_SCHEME):
         return (
             "Docker Desktop's pipe is open to the docker-users group: add yourself to it, "
-            "then sign out and in. A Berth VM's pipe is open only to the account that "
-            "started the VM."
+            "then sign out and in. A Berth VM's or podman machine's pipe is open only to "
+            "the account that started it."
+        )
+    if sys.platform == "darwin":
+        # No docker group here: these sockets live in the home of whoever started the app.
+        return (
+            "The socket belongs to another account: start the engine from your own "
+            "(Docker Desktop, podman machine start, colima start)."
         )
     if "docker" in url:
         return (
@@ -252,11 +372,27 @@ def _permission_hint(url: str) -> str:
 
 
 def _start_hint(source: EndpointSource) -> str:
+    if source is EndpointSource.DOCKER_DESKTOP and sys.platform == "win32":
+        return (
+            "Start Docker Desktop, or run podman machine start (Podman answers on this "
+            "pipe when Docker Desktop does not)."
+        )
     return {
         EndpointSource.DOCKER_ROOTFUL: "Start it: sudo systemctl start docker.",
         EndpointSource.DOCKER_ROOTLESS: "Start it: systemctl --user start docker.",
         EndpointSource.PODMAN_ROOTFUL: "Start it: sudo systemctl start podman.socket.",
         EndpointSource.PODMAN_ROOTLESS: "Start it: systemctl --user start podman.socket.",
+        EndpointSource.DOCKER_DESKTOP: "Start Docker Desktop.",
+        EndpointSource.SHARED_DOCKER_SOCKET: (
+            "Start Docker Desktop; Podman (podman machine start, with podman-mac-helper), "
+            "Rancher Desktop and OrbStack can also serve this socket."
+        ),
+        EndpointSource.PODMAN_MACHINE: "Start it: podman machine start.",
+        EndpointSource.COLIMA: "Start it: colima start.",
+        EndpointSource.ORBSTACK: "Start OrbStack.",
+        EndpointSource.RANCHER_DESKTOP: (
+            "Start Rancher Desktop with the dockerd (moby) container engine."
+        ),
         EndpointSource.BERTH_VM: "Start the VM: berth machine start.",
     }.get(source, "Start the engine, or check the address.")
 

@@ -24,7 +24,12 @@ class EngineKind(enum.Enum):
 
 
 class EndpointSource(enum.Enum):
-    """Where an endpoint was found, in the order a docker user expects them."""
+    """Where an endpoint was found, in the order a docker user expects them.
+
+    The rootful/rootless members are Linux's; Docker Desktop and the podman machine are
+    macOS's and Windows's; the shared /var/run/docker.sock link, Colima, OrbStack and
+    Rancher Desktop are macOS's. The values are the ``source`` of ``berth engines --json``.
+    """
 
     DOCKER_HOST = "DOCKER_HOST"
     CONTEXT = "docker context"
@@ -32,6 +37,12 @@ class EndpointSource(enum.Enum):
     DOCKER_ROOTLESS = "docker (rootless)"
     PODMAN_ROOTFUL = "podman (rootful)"
     PODMAN_ROOTLESS = "podman (rootless)"
+    DOCKER_DESKTOP = "Docker Desktop"
+    SHARED_DOCKER_SOCKET = "/var/run/docker.sock"
+    PODMAN_MACHINE = "podman machine"
+    COLIMA = "Colima"
+    ORBSTACK = "OrbStack"
+    RANCHER_DESKTOP = "Rancher Desktop"
     BERTH_VM = "berth VM"
     MANUAL = "added by hand"
 
