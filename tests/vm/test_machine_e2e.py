@@ -6,12 +6,17 @@ Boots the real guest image under QEMU (TCG here) through berthd, exactly as a us
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pty
+import select
 import shutil
+import signal
 import socket
 import stat
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -237,6 +242,77 @@ def test_no_engine_or_control_endpoint_listens_on_tcp(vm_home: Path, docker_host
         "nc -w 2 172.17.0.1 $p </dev/null && echo open$p; done; true",
     )
     assert "open" not in probe.stdout
+
+
+def _berth_env(home: Path) -> dict[str, str]:
+    return {**os.environ, "BERTH_HOME": str(home), "DOCKER_CONFIG": str(home / "docker")}
+
+
+def _read_until(fd: int, marker: bytes, timeout: float) -> bytes:
+    """Read ``fd`` until ``marker`` shows up (or EOF / the timeout); everything read."""
+    out = b""
+    deadline = time.monotonic() + timeout
+    while marker not in out and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # a pty whose child exited
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def test_machine_ssh_shell_in_a_terminal(vm_home: Path, docker_host: str) -> None:
+    """`berth machine ssh` with no command, in a real terminal: a guest shell on a pty, our
+    terminal in raw mode meanwhile, and the shell's exit status as berth's."""
+    env = _berth_env(vm_home)
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: berth on the pty, as in a terminal window
+        os.execve(sys.executable, [sys.executable, "-m", "vm_backend.cli", "machine", "ssh"],
+                  env)
+    try:
+        prompt = _read_until(fd, b"# ", 120)  # root's prompt: the shell is up, raw mode set
+        assert b"# " in prompt, prompt.decode(errors="replace")
+        os.write(fd, b"echo term-$((6*7))-$TERM; exit 3\r")
+        out = _read_until(fd, b"term-42-", 60)
+        assert b"term-42-" in out, out.decode(errors="replace")
+        deadline = time.monotonic() + 60
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            assert time.monotonic() < deadline, "berth machine ssh did not end after exit"
+            _read_until(fd, b"\0", 0.2)  # keep draining the pty
+        assert os.waitstatus_to_exitcode(status) == 3
+    finally:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
+
+
+def test_machine_console_reaches_the_guest_shell(vm_home: Path, docker_host: str) -> None:
+    """`berth machine console` with piped input: typed lines reach the serial console's
+    shell and its output comes back; the attach stays until the user ends it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vm_backend.cli", "machine", "console"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=_berth_env(vm_home),
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write(b"\necho console-$((6*7))\n")
+        proc.stdin.flush()
+        out = _read_until(proc.stdout.fileno(), b"console-42", 60)
+        assert b"console-42" in out, out.decode(errors="replace")
+        assert proc.poll() is None, "still attached"
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def test_machine_stop_ends_qemu_cleanly(vm_home: Path, docker_host: str) -> None:
