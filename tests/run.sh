@@ -22,4 +22,5 @@ if [ "${BERTH_SKIP_VM:-0}" = 1 ]; then
 else
   bash packaging/guest/build.sh --arch amd64
 fi
-python3 -m pytest -m "$markers" "$@"
+# --durations: the 25 slowest steps close the report, so a run that grows shows where.
+python3 -m pytest -m "$markers" --durations=25 "$@"
