@@ -1,4 +1,5 @@
-"""Fixtures shared by the relay's unit tests (accounting, spare channels, named pipes)."""
+"""Fixtures shared by the machine unit tests: the relay's (accounting, spare channels,
+named pipes) and an asyncio loop thread for QMP (over a socket and over a pipe)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from vm_backend.machine.loopthread import EventLoopThread
 from vm_backend.machine.relay import EngineSocketRelay
 
 
@@ -22,3 +24,11 @@ def relays() -> Iterator[list[EngineSocketRelay]]:
     yield started
     for relay in started:
         relay.stop()
+
+
+@pytest.fixture
+def loop_thread() -> Iterator[EventLoopThread]:
+    """An asyncio loop on a thread of its own, as berthd's QMP runs; stopped after."""
+    thread = EventLoopThread("test-qmp")
+    yield thread
+    thread.stop()

@@ -104,22 +104,15 @@ class FakeQmpServer:
 
 
 @pytest.fixture
-def loop() -> Iterator[EventLoopThread]:
-    thread = EventLoopThread("test-qmp")
-    yield thread
-    thread.stop()
-
-
-@pytest.fixture
 def sock_path() -> Iterator[str]:
     d = tempfile.mkdtemp(prefix="bq-", dir="/tmp")
     yield str(Path(d) / "qmp.sock")
     shutil.rmtree(d, ignore_errors=True)
 
 
-def test_commands_and_events(loop: EventLoopThread, sock_path: str) -> None:
-    server = FakeQmpServer(loop, sock_path)
-    qmp = SyncQmp(loop)
+def test_commands_and_events(loop_thread: EventLoopThread, sock_path: str) -> None:
+    server = FakeQmpServer(loop_thread, sock_path)
+    qmp = SyncQmp(loop_thread)
     events: list[QmpEvent] = []
     got_event = threading.Event()
 
@@ -155,9 +148,9 @@ def test_commands_and_events(loop: EventLoopThread, sock_path: str) -> None:
     server.close()
 
 
-def test_hostfwd_add_and_remove(loop: EventLoopThread, sock_path: str) -> None:
-    server = FakeQmpServer(loop, sock_path)
-    qmp = SyncQmp(loop)
+def test_hostfwd_add_and_remove(loop_thread: EventLoopThread, sock_path: str) -> None:
+    server = FakeQmpServer(loop_thread, sock_path)
+    qmp = SyncQmp(loop_thread)
     qmp.connect(sock_path, timeout=2)
     qmp.hostfwd_add("tcp", "127.0.0.1", 8080, 80)
     qmp.hostfwd_remove("tcp", "127.0.0.1", 8080)
@@ -174,9 +167,9 @@ def test_hostfwd_add_and_remove(loop: EventLoopThread, sock_path: str) -> None:
     server.close()
 
 
-def test_unrequested_disconnect_is_reported(loop: EventLoopThread, sock_path: str) -> None:
-    server = FakeQmpServer(loop, sock_path)
-    qmp = SyncQmp(loop)
+def test_unrequested_disconnect_is_reported(loop_thread: EventLoopThread, sock_path: str) -> None:
+    server = FakeQmpServer(loop_thread, sock_path)
+    qmp = SyncQmp(loop_thread)
     lost = threading.Event()
     qmp.on_disconnect(lost.set)
     qmp.connect(sock_path, timeout=2)
@@ -188,9 +181,9 @@ def test_unrequested_disconnect_is_reported(loop: EventLoopThread, sock_path: st
     server.close()
 
 
-def test_quit_is_not_a_crash(loop: EventLoopThread, sock_path: str) -> None:
-    server = FakeQmpServer(loop, sock_path)
-    qmp = SyncQmp(loop)
+def test_quit_is_not_a_crash(loop_thread: EventLoopThread, sock_path: str) -> None:
+    server = FakeQmpServer(loop_thread, sock_path)
+    qmp = SyncQmp(loop_thread)
     lost = threading.Event()
     qmp.on_disconnect(lost.set)
     qmp.connect(sock_path, timeout=2)
@@ -200,36 +193,38 @@ def test_quit_is_not_a_crash(loop: EventLoopThread, sock_path: str) -> None:
     server.close()
 
 
-def test_connect_retries_until_the_socket_appears(loop: EventLoopThread, sock_path: str) -> None:
+def test_connect_retries_until_the_socket_appears(
+    loop_thread: EventLoopThread, sock_path: str
+) -> None:
     holder: list[FakeQmpServer] = []
-    timer = threading.Timer(0.2, lambda: holder.append(FakeQmpServer(loop, sock_path)))
+    timer = threading.Timer(0.2, lambda: holder.append(FakeQmpServer(loop_thread, sock_path)))
     timer.start()
-    qmp = SyncQmp(loop)
+    qmp = SyncQmp(loop_thread)
     elapsed = qmp.connect(sock_path, timeout=3)
     assert 0.15 < elapsed < 3
     qmp.close()
     holder[0].close()
 
 
-def test_connect_gives_up_with_words(loop: EventLoopThread, sock_path: str) -> None:
-    qmp = SyncQmp(loop)
+def test_connect_gives_up_with_words(loop_thread: EventLoopThread, sock_path: str) -> None:
+    qmp = SyncQmp(loop_thread)
     with pytest.raises(QmpError, match="did not create its control socket"):
         qmp.connect(sock_path, timeout=0.2)
     with pytest.raises(QmpError, match="exited before"):
         qmp.connect(sock_path, timeout=5, alive=lambda: False)
 
 
-def test_a_silent_socket_times_out(loop: EventLoopThread, sock_path: str) -> None:
+def test_a_silent_socket_times_out(loop_thread: EventLoopThread, sock_path: str) -> None:
     # Another client holds QEMU's monitor: the socket accepts, but no greeting comes.
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await asyncio.sleep(10)
 
-    server = loop.run(asyncio.start_unix_server(silent, sock_path))
-    qmp = SyncQmp(loop)
+    server = loop_thread.run(asyncio.start_unix_server(silent, sock_path))
+    qmp = SyncQmp(loop_thread)
     with pytest.raises(QmpError, match="did not answer"):
         qmp.connect(sock_path, timeout=0.5)
 
     async def _close() -> None:
         server.close()
 
-    loop.run(_close())
+    loop_thread.run(_close())

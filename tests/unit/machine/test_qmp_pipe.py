@@ -39,13 +39,6 @@ def api(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
 
 
 @pytest.fixture
-def loop_thread() -> Iterator[EventLoopThread]:
-    lt = EventLoopThread("test-qmp-pipe")
-    yield lt
-    lt.stop()
-
-
-@pytest.fixture
 def pipe_pair(api: FakeApi) -> Iterator[tuple[winpipe.PipeStream, winpipe.PipeStream]]:
     """(client, server end) of one connected pipe; closed after the test."""
     listener = winpipe.PipeListener(NAME)
