@@ -44,7 +44,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -252,9 +252,9 @@ class _Watch:
 class _Workers:
     """Reusable threads for the relay's pumps: a new connection's halves go to idle ones.
 
-    Starting a thread for each half cost about 180 us apiece on our machines (measured in
-    a new connection's timeline: accept -> up thread running -> down thread running), two
-    thirds of what a whole ``ssh -L`` round trip costs through a local sshd; handing work
+    Starting a thread for each half cost 180-210 us apiece on our machines (measured by
+    bench/bench_relay_timeline.py: accept -> up thread running -> down thread running),
+    over a third of a whole ``ssh -L`` round trip through a local sshd each; handing work
     to a waiting thread is a queue put. Threads are started only when none is idle (so the
     count follows the peak of concurrent halves, bounded by ``max_connections``), and one
     left idle for ``idle_s`` exits. A thread that cannot be started raises RuntimeError
@@ -264,11 +264,13 @@ class _Workers:
     def __init__(self, idle_s: float = 30.0) -> None:
         self.idle_s = idle_s
         self._lock = threading.Lock()
-        self._jobs: queue.SimpleQueue[tuple[Any, str] | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], None], str] | None] = (
+            queue.SimpleQueue()
+        )
         self._idle = 0  # threads waiting for a job, less the jobs queued for them
         self._closed = False
 
-    def submit(self, job: Any, name: str) -> None:
+    def submit(self, job: Callable[[], None], name: str) -> None:
         """Run ``job()`` on an idle thread, or on a new one named ``name``."""
         with self._lock:
             if self._closed:
@@ -287,14 +289,14 @@ class _Workers:
                 self._jobs.put(None)
             self._idle = 0
 
-    def _run(self, job: Any) -> None:
+    def _run(self, job: Callable[[], None]) -> None:
         me = threading.current_thread()
         while True:
             try:
                 job()
             except Exception:  # a pump's own handlers log what they expect
                 log.exception("engine socket: unexpected error in a pump thread")
-            job = None  # nothing of the connection stays referenced while idle
+            del job  # nothing of the connection stays referenced while idle
             with self._lock:
                 if self._closed:
                     return
