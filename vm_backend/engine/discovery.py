@@ -12,6 +12,9 @@ Linux):
 * Windows: Docker Desktop (``npipe:////./pipe/docker_engine``, else
   ``dockerDesktopLinuxEngine``); the podman machine (``podman-machine-default``);
 
+and on macOS and Windows one more row per podman machine of another name, found by the
+names of podman's machine config files (never running podman, never reading the files);
+
 then Berth's own VM socket (on Windows its named pipe,
 ``npipe:////./pipe/berth-<machine>-docker``); endpoints added by hand. A product with
 several known addresses (podman 4 and 5, Colima's two homes) is one row: the first address
@@ -32,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import stat
 import sys
@@ -137,18 +141,86 @@ def berth_vm_endpoints() -> list[tuple[str, str]]:
     return found
 
 
+#: The machine ``podman machine init`` makes when given no name, and its row's name.
+PODMAN_DEFAULT_MACHINE = "podman-machine-default"
+PODMAN_MACHINE_ROW = "podman machine"
+#: Podman's rule for names (libpod/define/config.go NameRegex, from containers/common
+#: libnetwork/types: "This must NOT be changed"), the 30-character limit of
+#: cmd/podman/machine/init.go (maxMachineNameSize) and, since podman 5, the provider names
+#: it refuses as machine names (init.go: define.ParseVMType). A file name that breaks
+#: these was not written by podman, and never reaches a path or a pipe name.
+_PODMAN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_PODMAN_NAME_MAX = 30
+#: Podman's providers (pkg/machine/define/vmtype.go) on each platform: each keeps one
+#: <machine>.json per machine in a folder of its own.
+_PODMAN_PROVIDERS = {"darwin": ("qemu", "applehv", "libkrun"), "win32": ("wsl", "hyperv")}
+_PODMAN_RESERVED = frozenset(("qemu", "wsl", "applehv", "hyperv", "libkrun"))
+
+
+def podman_machine_names(config_dir: Path, providers: Sequence[str]) -> list[str]:
+    """The podman machines other than the default one, sorted, from the names of their
+    config files ``<config_dir>/<provider>/<machine>.json``.
+
+    Only the folder listing is read (podman's files are neither opened nor trusted); a
+    missing or unreadable folder adds nothing, and a name podman could not have made is
+    left out.
+    """
+    names: set[str] = set()
+    for provider in providers:
+        try:
+            with os.scandir(config_dir / provider) as entries:
+                for entry in entries:
+                    stem = entry.name.removesuffix(".json")
+                    if stem != entry.name and _podman_name_ok(stem) and entry.is_file():
+                        names.add(stem)
+        except OSError:
+            continue
+    names.discard(PODMAN_DEFAULT_MACHINE)
+    return sorted(names)
+
+
+def _podman_name_ok(name: str) -> bool:
+    return (
+        len(name) <= _PODMAN_NAME_MAX
+        and _PODMAN_NAME.fullmatch(name) is not None
+        and name.lower() not in _PODMAN_RESERVED
+    )
+
+
+def _podman_pipe(machine: str) -> str:
+    """A podman machine's own pipe: env.WithPodmanPrefix, which leaves a name that already
+    starts with "podman" as it is (so podman-machine-default's pipe is its name)."""
+    return machine if machine.startswith("podman") else f"podman-{machine}"
+
+
+def _podman_row(machine: str) -> str:
+    return PODMAN_MACHINE_ROW if machine == PODMAN_DEFAULT_MACHINE else (
+        f"{PODMAN_MACHINE_ROW} {machine}")
+
+
 def local_products(platform: str, home: Path, env: Mapping[str, str]) -> list[Product]:
     """The engines people run on ``platform`` (``sys.platform``), where each one answers."""
+    # Podman's machine config dir is homedir.GetConfigHome()/containers/podman/machine/
+    # <provider> (pkg/machine/env/dir.go ConfDirPrefix, GetConfDir): $XDG_CONFIG_HOME,
+    # else ~/.config, on macOS; %USERPROFILE%\.config on Windows, our ``home`` there
+    # (containers/storage pkg/homedir/homedir_windows.go, which ignores XDG_CONFIG_HOME).
+    # Podman 4 and 5 both write <machine>.json there, beside <machine>.ign and .lock
+    # (pkg/machine/vmconfigs/machine.go NewMachineConfig; podman 4's qemu setConfigPath
+    # and wsl getConfigPath); `podman machine list` finds them by that suffix too
+    # (LoadMachinesInDir).
     if platform == "win32":
+        machines = [PODMAN_DEFAULT_MACHINE, *podman_machine_names(
+            home / ".config" / "containers" / "podman" / "machine", _PODMAN_PROVIDERS[platform])]
         return [
             # Docker Desktop's proxy pipe (which podman machine takes when it is free),
             # and the Linux engine's own pipe (Docker Desktop 4.x).
             ("Docker Desktop", EndpointSource.DOCKER_DESKTOP,
              (f"{LOCAL_NPIPE}docker_engine", f"{LOCAL_NPIPE}dockerDesktopLinuxEngine")),
-            # podman pkg/machine/shim/networking_windows.go: the machine's own pipe is
-            # "podman-" + its name (env.WithPodmanPrefix); the default machine's below.
-            ("podman machine", EndpointSource.PODMAN_MACHINE,
-             (f"{LOCAL_NPIPE}podman-machine-default",)),
+            # podman pkg/machine/shim/networking_windows.go: each machine's own pipe is
+            # env.WithPodmanPrefix(its name), as podman 4 named it (wsl launchWinProxy,
+            # toDist).
+            *[(_podman_row(m), EndpointSource.PODMAN_MACHINE,
+               (f"{LOCAL_NPIPE}{_podman_pipe(m)}",)) for m in machines],
         ]
     if platform == "darwin":
         # Podman's machine data dir is $XDG_DATA_HOME (else ~/.local/share)/containers/
@@ -160,19 +232,30 @@ def local_products(platform: str, home: Path, env: Mapping[str, str]) -> list[Pr
         # machine/qemu/podman.sock (podman-desktop/podman-desktop#3218). A TMPDIR that
         # differs from the one podman was started with misses the first; the link and
         # `podman machine inspect` (ConnectionInfo.PodmanSocket) are then the way.
+        # Another machine has its own podman 5 socket, <name>-api.sock; podman 4.0-4.4
+        # listened on machine/<name>/podman.sock (qemu forwardSocketPath, GetDataDir(v.Name)
+        # until containers/podman 0dac214f); the link and 4.5's qemu/podman.sock are shared
+        # by whichever machine runs, so they stay the default machine's row's.
         data = Path(env.get("XDG_DATA_HOME") or home / ".local" / "share")
         machine = data / "containers" / "podman" / "machine"
         tmp = Path(env.get("TMPDIR") or "/tmp")
+        config = Path(env.get("XDG_CONFIG_HOME") or home / ".config")
+        others = podman_machine_names(
+            config / "containers" / "podman" / "machine", _PODMAN_PROVIDERS[platform])
         return [
             ("Docker Desktop", EndpointSource.DOCKER_DESKTOP,
              (f"unix://{home}/.docker/run/docker.sock",)),
             ("docker (/var/run/docker.sock)", EndpointSource.SHARED_DOCKER_SOCKET,
              ("unix:///var/run/docker.sock",)),
-            ("podman machine", EndpointSource.PODMAN_MACHINE, (
-                f"unix://{tmp}/podman/podman-machine-default-api.sock",
+            (PODMAN_MACHINE_ROW, EndpointSource.PODMAN_MACHINE, (
+                f"unix://{tmp}/podman/{PODMAN_DEFAULT_MACHINE}-api.sock",
                 f"unix://{machine}/podman.sock",
                 f"unix://{machine}/qemu/podman.sock",
             )),
+            *[(_podman_row(m), EndpointSource.PODMAN_MACHINE, (
+                f"unix://{tmp}/podman/{m}-api.sock",
+                f"unix://{machine}/{m}/podman.sock",
+            )) for m in others],
             # Colima's home is ~/.colima, or ~/.config/colima in its XDG layout.
             ("Colima", EndpointSource.COLIMA, (
                 f"unix://{home}/.colima/default/docker.sock",
@@ -371,7 +454,11 @@ def _permission_hint(url: str) -> str:
     return "Ask the socket's owner for access, or use an engine of your own."
 
 
-def _start_hint(source: EndpointSource) -> str:
+def _start_hint(source: EndpointSource, name: str = "") -> str:
+    """How to start the engine of the row ``name`` from ``source``."""
+    machine = name.removeprefix(f"{PODMAN_MACHINE_ROW} ")
+    if source is EndpointSource.PODMAN_MACHINE and machine != name:
+        return f"Start it: podman machine start {machine}."
     if source is EndpointSource.DOCKER_DESKTOP and sys.platform == "win32":
         return (
             "Start Docker Desktop, or run podman machine start (Podman answers on this "
@@ -418,18 +505,18 @@ def probe(name: str, url: str, source: EndpointSource, timeout: float = PROBE_TI
     if problem is not None:
         status, reason, hint = problem
         if status is EndpointStatus.MISSING:
-            hint = _start_hint(source) if source is not EndpointSource.MANUAL else hint
+            hint = _start_hint(source, name) if source is not EndpointSource.MANUAL else hint
         return replace(base, status=status, reason=reason, hint=hint)
     client = None
     try:
         client = docker.DockerClient(base_url=url, timeout=max(1, round(timeout)), version="auto")
         version = client.version()
     except docker.errors.DockerException as err:
-        return replace(base, **_classify(err, url, source))
+        return replace(base, **_classify(err, url, source, name))
     except (requests.exceptions.RequestException, OSError) as err:
-        return replace(base, **_classify(err, url, source))
+        return replace(base, **_classify(err, url, source, name))
     except PIPE_ERRORS as err:  # docker-py lets pywin32's errors through unwrapped
-        return replace(base, **_classify(err, url, source))
+        return replace(base, **_classify(err, url, source, name))
     except paramiko.SSHException as err:
         # ssh:// engines: docker-py's paramiko transport refuses unknown host keys.
         return replace(base, **_classify_ssh(err, url))
@@ -446,7 +533,9 @@ def probe(name: str, url: str, source: EndpointSource, timeout: float = PROBE_TI
     )
 
 
-def _classify(err: BaseException, url: str, source: EndpointSource) -> dict[str, Any]:
+def _classify(
+    err: BaseException, url: str, source: EndpointSource, name: str = ""
+) -> dict[str, Any]:
     text = str(err)
     chain: list[BaseException] = []
     cur: BaseException | None = err
@@ -479,13 +568,13 @@ def _classify(err: BaseException, url: str, source: EndpointSource) -> dict[str,
         return {
             "status": EndpointStatus.MISSING,
             "reason": f"the {'pipe' if url.startswith(NPIPE_SCHEME) else 'socket'} went away",
-            "hint": _start_hint(source),
+            "hint": _start_hint(source, name),
         }
     if any(isinstance(e, ConnectionRefusedError) for e in chain) or "refused" in text.lower():
         return {
             "status": EndpointStatus.NOT_ANSWERING,
             "reason": "connection refused: the socket exists but no engine listens",
-            "hint": _start_hint(source),
+            "hint": _start_hint(source, name),
         }
     if any(isinstance(e, TimeoutError | socket.timeout) for e in chain) or "timed out" in text:
         return {
@@ -508,7 +597,7 @@ def _classify(err: BaseException, url: str, source: EndpointSource) -> dict[str,
     return {
         "status": EndpointStatus.NOT_ANSWERING,
         "reason": text.splitlines()[0][:300] if text else type(err).__name__,
-        "hint": _start_hint(source),
+        "hint": _start_hint(source, name),
     }
 
 

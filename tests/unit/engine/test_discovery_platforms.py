@@ -6,11 +6,15 @@ macOS lists Docker Desktop, /var/run/docker.sock, the podman machine (4.x and 5.
 addresses), Colima, OrbStack and Rancher Desktop; Windows lists Docker Desktop's and the
 podman machine's pipes and no unix socket; Linux is what it always was. A product with
 several addresses is one row, at the first that exists, else at the newest; a missing or
-refused one says how to start that product, never systemctl off Linux.
+refused one says how to start that product, never systemctl off Linux. On macOS and
+Windows each other podman machine, named by its config file in a fake podman config dir,
+is a row of its own at its own socket or pipe; names podman could not have made, and
+missing or unreadable dirs, add nothing.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import sys
@@ -132,6 +136,87 @@ def test_macos_honours_xdg_data_home_and_defaults_tmpdir_like_podman(home: Path)
     assert _row(cands, S.PODMAN_MACHINE) == "unix:///tmp/podman/podman-machine-default-api.sock"
 
 
+def _podman_configs(config: Path, provider: str, *names: str) -> None:
+    """Machine config files as podman leaves them; their content is never read."""
+    folder = config / "containers/podman/machine" / provider
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_text("not json: discovery reads only the names")
+
+
+def _podman_rows(cands: list[tuple[str, str, EndpointSource]]) -> list[tuple[str, str]]:
+    return [(n, u) for n, u, s in cands if s is S.PODMAN_MACHINE]
+
+
+def test_macos_lists_each_podman_machine_at_its_own_socket(home: Path, tmp_path: Path) -> None:
+    tmpdir = tmp_path / "T"
+    _podman_configs(home / ".config", "applehv", "podman-machine-default.json",
+                    "podman-machine-default.ign", "podman-machine-default.lock", "mybox.json")
+    _podman_configs(home / ".config", "libkrun", "krun.box_2.json")
+    _podman_configs(home / ".config", "qemu", "old4.json", "mybox.json")
+    api = _touch(tmpdir / "podman/mybox-api.sock")
+    podman4 = _touch(home / ".local/share/containers/podman/machine/old4/podman.sock")
+    cands = _mac(home, tmpdir)
+    machine = home / ".local/share/containers/podman/machine"
+    # Default first (unchanged), then the others sorted, each once, before Colima.
+    assert _podman_rows(cands) == [
+        ("podman machine", f"unix://{tmpdir}/podman/podman-machine-default-api.sock"),
+        ("podman machine krun.box_2", f"unix://{tmpdir}/podman/krun.box_2-api.sock"),
+        ("podman machine mybox", f"unix://{api}"),
+        ("podman machine old4", f"unix://{podman4}"),
+    ]
+    assert [n for n, _u, _s in cands].index("Colima") == 6
+    # The shared podman 4.5 socket stays the default machine's row's alone.
+    shared = _touch(machine / "qemu/podman.sock")
+    assert _podman_rows(_mac(home, tmpdir))[0] == ("podman machine", f"unix://{shared}")
+    assert f"unix://{shared}" not in [u for _n, u in _podman_rows(_mac(home, tmpdir))[1:]]
+
+
+def test_macos_podman_machines_follow_xdg_config_home(home: Path, tmp_path: Path) -> None:
+    config = tmp_path / "cfg"
+    _podman_configs(config, "applehv", "elsewhere.json")
+    _podman_configs(home / ".config", "applehv", "ignored.json")
+    names = [n for n, _u in _podman_rows(_mac(home, tmp_path / "T", XDG_CONFIG_HOME=str(config)))]
+    assert names == ["podman machine", "podman machine elsewhere"]
+
+
+def test_podman_machine_names_podman_could_not_make_are_ignored(
+    home: Path, tmp_path: Path
+) -> None:
+    long_ok, too_long = "a" * 30, "a" * 31
+    _podman_configs(home / ".config", "applehv", f"{long_ok}.json", f"{too_long}.json",
+                    "-dash.json", ".hidden.json", "has space.json", "semi;colon.json",
+                    "qemu.json", "AppleHV.json", "caf\u00e9.json", ".json", "ok.JSON",
+                    "ok.json.orig", "new\nline.json")
+    (home / ".config/containers/podman/machine/applehv/dir.json").mkdir()
+    names = [n for n, _u in _podman_rows(_mac(home, tmp_path / "T"))]
+    assert names == ["podman machine", f"podman machine {long_ok}"]
+
+
+def test_a_missing_or_unreadable_podman_config_dir_adds_nothing(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = _mac(home, tmp_path / "T")
+    assert [n for n, _u in _podman_rows(before)] == ["podman machine"]
+    machine = home / ".config/containers/podman/machine"
+    machine.mkdir(parents=True)
+    (machine / "qemu").write_text("a file where a folder should be")
+    assert _mac(home, tmp_path / "T") == before
+    _podman_configs(home / ".config", "applehv", "secret.json")
+    real_scandir = os.scandir
+
+    def denied(path: Any) -> Any:
+        if Path(path) == machine / "applehv":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(discovery.os, "scandir", denied)
+    assert _mac(home, tmp_path / "T") == before
+    monkeypatch.setattr(discovery.os, "scandir", real_scandir)
+    assert [n for n, _u in _podman_rows(_mac(home, tmp_path / "T"))] == [
+        "podman machine", "podman machine secret"]
+
+
 def test_macos_colima_in_its_xdg_home_is_found(home: Path, tmp_path: Path) -> None:
     sock = _touch(home / ".config/colima/default/docker.sock")
     assert _row(_mac(home, tmp_path / "T"), S.COLIMA) == f"unix://{sock}"
@@ -165,6 +250,66 @@ def test_windows_lists_docker_desktop_and_podman_pipes_without_connecting(
     # Only Docker Desktop has two addresses to choose from: a 1 ms WaitNamedPipe each.
     assert pipes.calls == [("\\\\.\\pipe\\docker_engine", 1),
                            ("\\\\.\\pipe\\dockerDesktopLinuxEngine", 1)]
+
+
+def test_windows_lists_each_podman_machine_at_its_own_pipe(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _podman_configs(home / ".config", "wsl", "podman-machine-default.json", "dev.json",
+                    "podman-x.json", "bad name.json")
+    _podman_configs(home / ".config", "hyperv", "hv.json", "dev.json")
+    pipes = _Pipes(set())
+    monkeypatch.setattr(discovery, "default_api", lambda: pipes)
+    cands = discovery.candidates(platform="win32", home=home, env={})
+    # Listed whether running or not (`dev` is in two providers: one row), at podman's own
+    # pipe name: "podman-" + name, unless the name already starts with podman.
+    assert _podman_rows(cands) == [
+        ("podman machine", "npipe:////./pipe/podman-machine-default"),
+        ("podman machine dev", "npipe:////./pipe/podman-dev"),
+        ("podman machine hv", "npipe:////./pipe/podman-hv"),
+        ("podman machine podman-x", "npipe:////./pipe/podman-x"),
+    ]
+    # One address each: no pipe of theirs is looked up while listing.
+    assert [c[0] for c in pipes.calls] == ["\\\\.\\pipe\\docker_engine",
+                                           "\\\\.\\pipe\\dockerDesktopLinuxEngine"]
+
+
+def test_windows_podman_config_dir_ignores_xdg_config_home(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(discovery, "default_api", lambda: _Pipes(set()))
+    _podman_configs(tmp_path / "cfg", "wsl", "elsewhere.json")
+    cands = discovery.candidates(platform="win32", home=home,
+                                 env={"XDG_CONFIG_HOME": str(tmp_path / "cfg")})
+    assert [n for n, _u in _podman_rows(cands)] == ["podman machine"]
+
+
+def test_linux_ignores_podman_machine_configs(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _podman_configs(home / ".config", "qemu", "mybox.json")
+    assert not _podman_rows(discovery.candidates(platform="linux", home=home, env={}))
+
+
+def test_a_named_podman_machine_says_how_to_start_it_by_name(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_docker: None
+) -> None:
+    monkeypatch.setattr(sys, "platform", "darwin")
+    _podman_configs(home / ".config", "applehv", "mybox.json")
+    rows = [c for c in _mac(home, tmp_path / "T") if c[2] is S.PODMAN_MACHINE]
+    default, named = (discovery.probe(*row) for row in rows)
+    assert named.status is EndpointStatus.MISSING
+    assert named.hint == "Start it: podman machine start mybox."
+    assert default.hint == "Start it: podman machine start."
+
+
+def test_a_refused_named_podman_machine_socket_says_start_it_by_name(short_dir: Path) -> None:
+    path = short_dir / "box-api.sock"
+    with socket.socket(socket.AF_UNIX) as srv:
+        srv.bind(str(path))
+        ep = discovery.probe("podman machine box", f"unix://{path}", S.PODMAN_MACHINE, timeout=2)
+    assert ep.status is EndpointStatus.NOT_ANSWERING
+    assert ep.hint == "Start it: podman machine start box."
 
 
 def test_windows_docker_desktops_linux_engine_pipe_is_used_when_alone(
