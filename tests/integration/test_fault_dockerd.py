@@ -120,8 +120,14 @@ def test_kill9_dockerd_during_churn(private_dockerd: PrivateDockerd) -> None:
         # No phantom or missing rows against the docker CLI on the private socket.
         table = {c.id: c.state.value for c in mon.snapshot("container")}
         assert table == docker_ps(private_dockerd.url)
-        # No live-restore: every container is shown stopped after the restart.
-        assert all(s != ContainerState.RUNNING.value for s in table.values())
+        # No live-restore: dockerd stops every container it had started. The one churn
+        # thread has at most one start in flight at the kill: dockerd had not recorded that
+        # container as running, so its restore leaves the task it finds alive running
+        # (seen in CI and reproduced with dockerd --debug: "alive: true ... running=false",
+        # then listed as running). The table must show that, as docker ps does (above).
+        running = [cid for cid, s in table.items() if s == ContainerState.RUNNING.value]
+        assert len(running) <= 1, running
+        assert mon.reconciled_without_event > 0
         assert len(table) == 20
     finally:
         stop_churn.set()
