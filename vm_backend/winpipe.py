@@ -22,7 +22,8 @@ pipe/...``) and the clients of QEMU's QMP and console pipes. This module has the
   instances are busy), with ``SECURITY_IDENTIFICATION`` so a server cannot act as us.
 
 Every Windows call goes through a small "api" object (the stdlib's ``_winapi`` on
-Windows; ctypes only for the security descriptor, which ``_winapi`` cannot build), so the
+Windows; ctypes only for the security descriptor, which ``_winapi`` cannot build, and for
+``GetNamedPipeServerProcessId``, which it does not wrap), so the
 logic here is unit-tested on Linux with an in-memory fake (tests/unit/test_winpipe.py).
 It has never been run on Windows.
 """
@@ -153,6 +154,11 @@ class PipeApi(Protocol):
 
     def wait_named_pipe(self, name: str, timeout_ms: int) -> None: ...
 
+    def get_named_pipe_server_process_id(self, handle: int) -> int:
+        """The pid of the process that created the server end of the pipe a client
+        ``handle`` is connected to; ``OSError`` (with ``winerror``) if Windows cannot say."""
+        ...
+
     def close_handle(self, handle: int) -> None: ...
 
     def owner_only_attributes(self) -> SecurityAttributes: ...
@@ -210,6 +216,9 @@ if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
         kernel32.CloseHandle.restype = wintypes.BOOL
         kernel32.LocalFree.argtypes = [ctypes.c_void_p]
         kernel32.LocalFree.restype = ctypes.c_void_p
+        kernel32.GetNamedPipeServerProcessId.argtypes = [
+            wintypes.HANDLE, ctypes.POINTER(wintypes.ULONG)]
+        kernel32.GetNamedPipeServerProcessId.restype = wintypes.BOOL
         return advapi32, kernel32
 
     def current_user_sid() -> str:
@@ -294,6 +303,13 @@ if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
 
         def wait_named_pipe(self, name: str, timeout_ms: int) -> None:
             _winapi.WaitNamedPipe(name, timeout_ms)
+
+        def get_named_pipe_server_process_id(self, handle: int) -> int:
+            _, kernel32 = _libs()
+            pid = wintypes.ULONG(0)
+            if not kernel32.GetNamedPipeServerProcessId(handle, ctypes.byref(pid)):
+                raise ctypes.WinError(ctypes.get_last_error())
+            return int(pid.value)
 
         def close_handle(self, handle: int) -> None:
             _winapi.CloseHandle(handle)

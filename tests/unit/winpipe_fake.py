@@ -6,13 +6,17 @@ ERROR_BROKEN_PIPE when the peer closed, ERROR_NO_DATA when writing to a closed p
 connecting an instance whose client already left, ERROR_PIPE_BUSY / WaitNamedPipe when
 every instance is taken, ERROR_ACCESS_DENIED for FILE_FLAG_FIRST_PIPE_INSTANCE on an
 existing name, a ConnectNamedPipe that finds its client already there (what _winapi makes
-of ERROR_PIPE_CONNECTED: an overlapped already signalled), and CancelIoEx.
+of ERROR_PIPE_CONNECTED: an overlapped already signalled), CancelIoEx, and
+GetNamedPipeServerProcessId: each server end records the "pid" of the process that created
+it (``pid=`` for another program, else ``FakeApi.pid``, this process), and
+``server_pid_error`` makes the call fail with that Win32 code.
 Every call is recorded in ``calls`` so tests can check flags and arguments.
 """
 
 from __future__ import annotations
 
 import collections
+import os
 import threading
 from typing import Any
 
@@ -79,9 +83,10 @@ class End:
 
 
 class Instance:
-    def __init__(self, name: str, end: End) -> None:
+    def __init__(self, name: str, end: End, pid: int) -> None:
         self.name = name
         self.end = end
+        self.pid = pid  # the process that created this server end
         self.connect_ov: FakeOv | None = None
         self.client_left_early = False
         self.accepted = False
@@ -108,6 +113,8 @@ class FakeApi:
         self.attrs: list[FakeAttrs] = []
         self.raw_pipe_connected = False  # raise ERROR_PIPE_CONNECTED instead
         self.block_writes = False  # the peer reads nothing and the pipe's buffer is full
+        self.pid = os.getpid()  # who creates server ends unless create_named_pipe says
+        self.server_pid_error: int | None = None  # GetNamedPipeServerProcessId fails with it
         self._next = 100
 
     def _handle(self) -> int:
@@ -123,7 +130,9 @@ class FakeApi:
 
     def create_named_pipe(self, name: str, open_mode: int, pipe_mode: int,
                           max_instances: int, out_size: int, in_size: int,
-                          timeout_ms: int, security_attributes: int) -> int:
+                          timeout_ms: int, security_attributes: int, *,
+                          pid: int | None = None) -> int:
+        """``pid``: the process creating it (another program's, QEMU's); default ours."""
         with self.cond:
             self.calls.append(("create_named_pipe", name, open_mode, pipe_mode, max_instances,
                                out_size, in_size, timeout_ms, security_attributes))
@@ -132,16 +141,17 @@ class FakeApi:
                 raise win_error(wp.ERROR_ACCESS_DENIED)
             handle = self._handle()
             end = End(handle)
-            inst = Instance(name, end)
+            inst = Instance(name, end, self.pid if pid is None else pid)
             existing.append(inst)
             self.ends[handle] = end
             self.servers[handle] = inst
             self.cond.notify_all()
             return handle
 
-    def squat(self, name: str) -> None:
-        """Another program creates the name first."""
-        self.create_named_pipe(name, wp.PIPE_ACCESS_DUPLEX, 0, 1, 0, 0, 0, 0)
+    def squat(self, name: str, pid: int | None = None) -> int:
+        """Another program (process ``pid``) creates the name first: its server handle."""
+        return self.create_named_pipe(name, wp.PIPE_ACCESS_DUPLEX, 0, 1, 0, 0, 0, 0,
+                                      pid=pid)
 
     def connect_named_pipe(self, handle: int) -> FakeOv:
         with self.cond:
@@ -239,6 +249,19 @@ class FakeApi:
             )
             if not ok:
                 raise win_error(wp.ERROR_SEM_TIMEOUT)
+
+    def get_named_pipe_server_process_id(self, handle: int) -> int:
+        with self.cond:
+            self.calls.append(("get_named_pipe_server_process_id", handle))
+            if self.server_pid_error is not None:
+                raise win_error(self.server_pid_error)
+            end = self.ends[handle]
+            if end.closed:
+                raise win_error(6)  # ERROR_INVALID_HANDLE
+            server = self.servers.get(handle)
+            if server is None:  # a client end: the instance it is connected to
+                server = next(i for i in self.servers.values() if i.end is end.peer)
+            return server.pid
 
     def close_handle(self, handle: int) -> None:
         with self.cond:

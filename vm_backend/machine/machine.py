@@ -457,9 +457,10 @@ class Machine:
         if self.paths.windows_pipes:
             # QEMU's pipes serve their first client and are not owner-only: claim both
             # now, before the QMP handshake (QEMU only greets once both have a client).
-            # PipeTakenError if another program got there first.
+            # PipeTakenError if another program got there first (or serves them, not QEMU).
             qmp_pipe, console_pipe = claim_vm_pipes(
-                self.paths.qmp_address, self.paths.console_address, timeout, alive
+                self.paths.qmp_address, self.paths.console_address, timeout, alive,
+                server_pid=proc.pid,
             )
         try:
             qmp = SyncQmp(self._loop_thread(), f"berth-{self.name}")

@@ -13,8 +13,12 @@ The guard: right after QEMU starts, berthd claims both pipes (:func:`claim_vm_pi
 pipe that does not exist yet is retried until the deadline (QEMU makes it a moment after
 it starts); a pipe that is busy (``ERROR_PIPE_BUSY``: someone else holds the one
 instance) or refuses us (``ERROR_ACCESS_DENIED``) is not retried: it raises
-:class:`PipeTakenError`, and the caller kills QEMU. A squatter thus turns into a failed
-start, never into a VM someone else watches. Clients open with
+:class:`PipeTakenError`, and the caller kills QEMU. A pipe we could open is then checked
+to be QEMU's: ``GetNamedPipeServerProcessId`` must name QEMU's pid, else another program
+created the name before QEMU did and serves it in QEMU's place (QEMU's own
+``CreateNamedPipe`` then fails or waits); that, or Windows failing to say, closes our
+handle and raises :class:`PipeTakenError` too. A squatter thus turns into a failed start,
+never into a VM someone else watches or answers for. Clients open with
 ``SECURITY_IDENTIFICATION`` (:data:`vm_backend.winpipe.CLIENT_FLAGS`), so whoever serves
 the pipe cannot act as us.
 
@@ -52,6 +56,7 @@ def claim_qemu_pipe(
     deadline: float,
     alive: Callable[[], bool] | None = None,
     *,
+    server_pid: int | None = None,
     api: PipeApi | None = None,
     retry_interval: float = _RETRY_INTERVAL,
 ) -> PipeStream:
@@ -59,7 +64,9 @@ def claim_qemu_pipe(
 
     "Not found" is retried until ``deadline`` (``time.monotonic()``) while ``alive()``
     holds; busy or access denied raise :class:`PipeTakenError` at once; anything else,
-    or the deadline, raises :class:`PipeError`.
+    or the deadline, raises :class:`PipeError`. With ``server_pid`` (QEMU's pid) the
+    opened pipe must be served by that process, else :class:`PipeTakenError`
+    (:func:`claim_vm_pipes` always passes it; without it the server is not checked).
     """
     api = api if api is not None else winpipe.default_api()
     while True:
@@ -88,9 +95,35 @@ def claim_qemu_pipe(
                                 "See qemu.log in the machine's folder.") from exc
             time.sleep(retry_interval)
             continue
+        if server_pid is not None:
+            _check_server(api, handle, name, server_pid)
         stream = PipeStream(handle, api, name)
         stream.settimeout(None)
         return stream
+
+
+def _check_server(api: PipeApi, handle: int, name: str, server_pid: int) -> None:
+    """Keep ``handle`` only if process ``server_pid`` serves it; else close it and raise
+    :class:`PipeTakenError` (also when Windows cannot tell: that is no proof of QEMU)."""
+    try:
+        pid = api.get_named_pipe_server_process_id(handle)
+    except OSError as exc:
+        api.close_handle(handle)
+        raise PipeTakenError(
+            f"Berth could not check which program serves the VM's pipe {name} ({exc}), "
+            "so it did not use it: another program may have created it before QEMU.",
+            "Start the VM again. If this repeats, report it with qemu.log from the "
+            "machine's folder.",
+        ) from exc
+    if pid != server_pid:
+        api.close_handle(handle)
+        raise PipeTakenError(
+            f"Another program (process {pid}) created the VM's pipe {name} before QEMU "
+            f"(process {server_pid}) did: it could read the VM's console or answer in "
+            "QEMU's place.",
+            f"Quit process {pid} (Task Manager, Details, PID column; another user's "
+            "session, an older Berth), then start the VM again.",
+        )
 
 
 def claim_vm_pipes(
@@ -99,14 +132,17 @@ def claim_vm_pipes(
     timeout: float,
     alive: Callable[[], bool] | None = None,
     *,
+    server_pid: int,
     api: PipeApi | None = None,
 ) -> tuple[PipeStream, PipeStream]:
     """Claim QMP's pipe, then the console's (QEMU creates the second once the first has
-    its client), within ``timeout`` s in all. Nothing stays open if either fails."""
+    its client), within ``timeout`` s in all; both must be served by QEMU, process
+    ``server_pid``. Nothing stays open if either fails."""
     deadline = time.monotonic() + timeout
-    qmp = claim_qemu_pipe(qmp_name, deadline, alive, api=api)
+    qmp = claim_qemu_pipe(qmp_name, deadline, alive, server_pid=server_pid, api=api)
     try:
-        console = claim_qemu_pipe(console_name, deadline, alive, api=api)
+        console = claim_qemu_pipe(console_name, deadline, alive, server_pid=server_pid,
+                                  api=api)
     except BaseException:
         qmp.close()
         raise

@@ -6,8 +6,15 @@ pipe instance (``MAXCONNECT 1``), created in command-line order, and start-up wa
 appears only once QMP's has its client. Then it greets on QMP and answers commands; the
 first ``cont`` prints the guest's boot markers on the console.
 
+QEMU's server ends are created as process ``pid`` (the test's stand-in QEMU process;
+default: the fake's own pid), which is what ``GetNamedPipeServerProcessId`` reports for them.
+
 ``squat`` ("qmp" or "console") makes another program connect to that pipe the instant it
 exists (atomically with its creation, so berthd cannot win the race in a test).
+``preempt`` ("qmp" or "console") makes another program, process ``squatter_pid``, create
+that pipe's name in :meth:`PipeQemu.start`, before QEMU does: QEMU's own
+``CreateNamedPipe`` then fails (one instance, taken) and QEMU stops there, as char-win.c
+does ("Failed CreateNamedPipe"); the other program's instance stays for berthd to open.
 """
 
 from __future__ import annotations
@@ -28,12 +35,18 @@ QEMU_OPEN_MODE = wp.PIPE_ACCESS_DUPLEX | wp.FILE_FLAG_OVERLAPPED
 
 class PipeQemu:
     def __init__(self, api: FakeApi, qmp_name: str, console_name: str, *,
-                 delay: float = 0.0, squat: str | None = None) -> None:
+                 delay: float = 0.0, squat: str | None = None, pid: int | None = None,
+                 preempt: str | None = None, squatter_pid: int | None = None) -> None:
         self.api = api
         self.names = {"qmp": qmp_name, "console": console_name}
         self.delay = delay
         self.squat = squat
+        self.pid = api.pid if pid is None else pid
+        self.preempt = preempt
+        self.squatter_pid = squatter_pid
         self.squatter: wp.PipeStream | None = None
+        self.preempted: int | None = None  # the other program's server handle
+        self.create_failed: str | None = None  # the name QEMU could not create
         self.qmp: wp.PipeStream | None = None
         self.console: wp.PipeStream | None = None
         self.received: list[dict[str, Any]] = []
@@ -44,15 +57,21 @@ class PipeQemu:
         self._thread = threading.Thread(target=self._run, name="pipe-qemu", daemon=True)
 
     def start(self) -> PipeQemu:
+        if self.preempt is not None:
+            self.preempted = self.api.squat(self.names[self.preempt], pid=self.squatter_pid)
         self._thread.start()
         return self
 
     def _serve(self, kind: str) -> wp.PipeStream | None:
-        """Create the pipe and wait for its client (None if stopped meanwhile)."""
+        """Create the pipe and wait for its client (None if stopped meanwhile, or if
+        another program created the name first)."""
         name = self.names[kind]
         with self.api.cond:
+            if self.api.instances.get(name):
+                self.create_failed = name  # MAXCONNECT 1: ERROR_PIPE_BUSY, QEMU gives up
+                return None
             handle = self.api.create_named_pipe(name, QEMU_OPEN_MODE, QEMU_PIPE_MODE, 1,
-                                                2048, 2048, 5000, 0)
+                                                2048, 2048, 5000, 0, pid=self.pid)
             if self.squat == kind:
                 self.squatter = wp.connect_pipe(name, api=self.api)
         ov = self.api.connect_named_pipe(handle)
@@ -125,3 +144,6 @@ class PipeQemu:
             if stream is not None:
                 stream.close()
         self._thread.join(5)
+        if self.preempted is not None:
+            self.api.close_handle(self.preempted)
+            self.preempted = None

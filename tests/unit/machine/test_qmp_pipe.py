@@ -68,7 +68,7 @@ def test_qmp_over_claimed_pipes_after_qemu_creates_them(
 ) -> None:
     qemu = PipeQemu(api, NAME, CONSOLE, delay=0.2).start()  # not there yet at first
     qemus.append(qemu)
-    qmp_pipe, console_pipe = claim_vm_pipes(NAME, CONSOLE, timeout=5)
+    qmp_pipe, console_pipe = claim_vm_pipes(NAME, CONSOLE, timeout=5, server_pid=qemu.pid)
     tries = [c for c in api.calls if c[0] == "create_file" and c[1] == NAME]
     assert len(tries) > 1  # "not found" was retried
     assert all(c[2:] == (winpipe.CLIENT_ACCESS, winpipe.CLIENT_FLAGS) for c in tries)
