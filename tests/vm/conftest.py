@@ -12,12 +12,6 @@ returns at once when the recipe is unchanged and the outputs are intact, so poin
 ``BERTH_GUEST_IMAGE_DIR`` at a directory outside the checkout keeps the image across
 fresh clones). Without it, a missing image skips the test with the command that builds
 it. ``arm64_guest_image`` is the same for arm64.
-
-``shares_vm`` (session scope) is one booted VM with four shared folders for both
-test_diagnose.py and test_shares.py: one boot instead of two. The collection hook moves
-those two modules, in that order, to the end of the run, so the VM is up only while they
-run (a session fixture is torn down when the session ends), and the diagnose module's
-full check still runs right after the boot.
 """
 
 from __future__ import annotations
@@ -26,12 +20,9 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from tests.vm.shares_vm import SHARES, SharedVM, boot_vm_with_shares
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SH = REPO / "packaging" / "guest" / "build.sh"
@@ -94,26 +85,3 @@ def guest_image() -> Path:
 def arm64_guest_image() -> Path:
     """The arm64 guest image directory (built on demand with BERTH_BUILD_GUEST=1)."""
     return _locate_or_build("arm64")
-
-
-@pytest.fixture(scope="session")
-def shares_vm(guest_image: Path) -> Iterator[SharedVM]:
-    """The VM with shared folders, booted once for test_diagnose.py and test_shares.py."""
-    yield from boot_vm_with_shares(guest_image, SHARES)
-
-
-# The modules that use shares_vm, in the order they run, last in the session.
-_SHARES_VM_MODULES = ("test_diagnose.py", "test_shares.py")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    moved: dict[str, list[pytest.Item]] = {name: [] for name in _SHARES_VM_MODULES}
-    kept: list[pytest.Item] = []
-    for item in items:
-        path = Path(str(item.path))
-        if path.parent == here and path.name in moved:
-            moved[path.name].append(item)
-        else:
-            kept.append(item)
-    items[:] = kept + [item for name in _SHARES_VM_MODULES for item in moved[name]]

@@ -1,7 +1,6 @@
 """``berth machine diagnose`` against the real guest (docs/diagnose.md).
 
-The VM is ``shares_vm`` (tests/vm/conftest.py: 9p and reverse-SFTP shares, read-write
-and read-only), which test_shares.py uses next. The full diagnose runs once, right
+One VM per module with a 9p and a reverse-SFTP share. The full diagnose runs once, right
 after boot: every hop passes (DNS may be a warning when this computer has no upstream DNS,
 which the check compares). Then hops are broken one at a time and the hop's own check
 must name it, with its fix (the hops before it were proven by the full run; only the
@@ -14,11 +13,11 @@ from __future__ import annotations
 import gzip
 import secrets
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.vm.shares_vm import HOST_IMAGE, LABEL, SHARES, SharedVM, docker
 from vm_backend.daemon.diagnose import (
     FAILED,
     OK,
@@ -31,14 +30,19 @@ from vm_backend.daemon.diagnose import (
     write_bundle,
 )
 
+try:
+    from test_shares import HOST_IMAGE, LABEL, SharedVM, boot_vm_with_shares, docker
+except ImportError:  # imported as part of the tests package
+    from tests.vm.test_shares import HOST_IMAGE, LABEL, SharedVM, boot_vm_with_shares, docker
+
 # The first test boots the VM and runs three probe containers: under TCG on a loaded
 # 2-core computer that is minutes, beyond the default 300 s per test.
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
-def vm(shares_vm: SharedVM) -> SharedVM:
-    return shares_vm
+def vm(guest_image: Path) -> Iterator[SharedVM]:
+    yield from boot_vm_with_shares(guest_image, {"home": (False, "auto"), "win": (False, "sftp")})
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +58,11 @@ def test_healthy_vm_passes_every_hop(vm: SharedVM, healthy: list[Check]) -> None
     by_name = {c.name: c for c in checks}
     assert list(by_name) == [
         "vm", "ssh", "engine", "port-in-vm", "port-on-host", "dns-vm", "dns-container",
-        "host-from-container", *(f"share:{tag}" for tag in SHARES),
+        "host-from-container", "share:home", "share:win",
     ]
     assert first_broken(checks) is None, doc
     for name in ("vm", "ssh", "engine", "port-in-vm", "port-on-host", "host-from-container",
-                 *(f"share:{tag}" for tag in SHARES)):
+                 "share:home", "share:win"):
         assert by_name[name].status == OK, by_name[name]
     for name in ("dns-vm", "dns-container"):
         assert by_name[name].status in (OK, WARNING), by_name[name]
@@ -106,17 +110,17 @@ def test_bundle_never_contains_a_container_env_value(
 
 
 def test_removed_share_folder_is_named_as_the_broken_hop(vm: SharedVM) -> None:
-    d = vm.dirs["p9rw"]
-    kept = d.with_name("p9rw.kept")
+    d = vm.dirs["home"]
+    kept = d.with_name("home.kept")
     d.rename(kept)
     try:
         diag = _Diagnose(vm.service, None)
         diag.check_shares(True)
         checks = diag.checks
         broken = first_broken(checks)
-        assert broken is not None and broken.name == "share:p9rw", checks_to_json(checks)
+        assert broken is not None and broken.name == "share:home", checks_to_json(checks)
         assert "no longer exists" in broken.detail and broken.fix
-        assert {c.name: c.status for c in checks}["share:sftprw"] == OK
+        assert {c.name: c.status for c in checks}["share:win"] == OK
     finally:
         kept.rename(d)
 
@@ -145,21 +149,14 @@ def test_unforwarded_port_is_named_as_the_broken_hop(vm: SharedVM) -> None:
 
 
 def test_stopped_engine_skips_what_depends_on_it(vm: SharedVM) -> None:
-    # The engine socket goes away, the hops after it are skipped, not failed.
-    svc = vm.service
-    relay, svc.relay = svc.relay, None
+    # Last test: the engine socket goes away, the hops after it are skipped, not failed.
+    relay, vm.service.relay = vm.service.relay, None
     assert relay is not None
     relay.stop()
-    try:
-        checks = run_checks(svc)
-        status = {c.name: c.status for c in checks}
-        broken = first_broken(checks)
-        assert broken is not None and broken.name == "engine", checks_to_json(checks)
-        assert status["port-on-host"] == "skipped"
-        assert status["host-from-container"] == "skipped"
-        assert status["share:p9rw"] == OK and status["dns-vm"] in (OK, WARNING)
-        assert FAILED not in {status[n] for n in ("vm", "ssh")}
-    finally:
-        # test_shares.py runs on this VM next: the engine socket comes back as berthd
-        # brings it back after a reconnect.
-        svc._open_engine_socket(svc.machine)
+    checks = run_checks(vm.service)
+    status = {c.name: c.status for c in checks}
+    broken = first_broken(checks)
+    assert broken is not None and broken.name == "engine", checks_to_json(checks)
+    assert status["port-on-host"] == "skipped" and status["host-from-container"] == "skipped"
+    assert status["share:home"] == OK and status["dns-vm"] in (OK, WARNING)
+    assert FAILED not in {status[n] for n in ("vm", "ssh")}
