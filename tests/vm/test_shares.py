@@ -96,6 +96,11 @@ def boot_vm_with_shares(
             service.stop(timeout=30)
         finally:
             service.close()
+            # The serial console's tail is what explains a guest that stopped answering.
+            console = service.machine.paths.console_log
+            if console.exists():
+                tail = console.read_text(errors="replace").splitlines()[-60:]
+                print("---- console.log (tail) ----\n" + "\n".join(tail))
             shutil.rmtree(root, ignore_errors=True)
 
 
