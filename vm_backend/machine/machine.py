@@ -76,6 +76,8 @@ log = logging.getLogger(__name__)
 DEFAULT_STOP_TIMEOUT = 30.0
 _QUIT_WAIT = 5.0
 _PORT_ATTEMPTS = 3
+# How long an exit waits for the QMP connection's end (it comes at once with the exit).
+QMP_LAST_EVENTS_S = 0.5
 _HOSTFWD_FAILURE = "Could not set up host forwarding rule"
 
 
@@ -176,6 +178,9 @@ class Machine:
         self.crash_detected_at: float | None = None
         self.last_events: list[QmpEvent] = []
         self._shutdown_reason = ""
+        # Set when the QMP connection's end is seen: every event QEMU sent before it
+        # exited (SHUTDOWN with its reason) has been delivered by then.
+        self._qmp_ended = threading.Event()
         self._io_error = ""
         self._qmp_ready_s = 0.0
 
@@ -464,6 +469,7 @@ class Machine:
             )
         try:
             qmp = SyncQmp(self._loop_thread(), f"berth-{self.name}")
+            self._qmp_ended.clear()
             qmp.on_event(self._on_qmp_event)
             qmp.on_disconnect(self._on_qmp_lost)
             qmp.connect(self.paths.qmp_address, timeout=timeout, alive=alive, pipe=qmp_pipe)
@@ -488,6 +494,7 @@ class Machine:
                     self._console_tail(),
                 )
             if proc.exited:
+                self._await_last_events()
                 code = proc.exit_code
                 tail = proc.log_tail(5)
                 if KVM_INTERNAL_ERROR in tail:
@@ -610,10 +617,18 @@ class Machine:
     # -- crash detection ----------------------------------------------------------------
 
     def _on_qemu_exit(self, code: int | None) -> None:
+        self._await_last_events()
         self._note_gone(self._gone_reason(f"QEMU exited (code {code})"))
 
     def _on_qmp_lost(self) -> None:
+        self._qmp_ended.set()
         self._note_gone(self._gone_reason("lost the QMP connection to QEMU"))
+
+    def _await_last_events(self) -> None:
+        """QEMU sends SHUTDOWN (with its reason) just before it exits, and the exit can be
+        seen first: wait, briefly, until the QMP reader has reached the connection's end."""
+        if not self._shutdown_reason:
+            self._qmp_ended.wait(QMP_LAST_EVENTS_S)
 
     def _gone_reason(self, default: str) -> str:
         if self._shutdown_reason == "guest-reset":
@@ -851,6 +866,7 @@ class Machine:
         if qmp is not None:
             with contextlib.suppress(QmpError, TimeoutError, RuntimeError):
                 qmp.close()
+            self._qmp_ended.set()  # no events come from a connection we closed
         if console is not None:
             console.close()
 

@@ -26,6 +26,7 @@ from vm_backend.machine.hostinfo import Arch, HostInfo, HostOS
 from vm_backend.machine.image import GuestImage, ImageError
 from vm_backend.machine.machine import Machine, MachineError, MachineState, StopOutcome
 from vm_backend.machine.process import QemuLaunchError, QemuProcess
+from vm_backend.machine.qmp import QmpEvent
 from vm_backend.machine.spec import Accelerator, MachineSpec
 from vm_backend.machine.timeline import BootFailure, Stage, StageState
 
@@ -185,6 +186,28 @@ def test_guest_reset_during_boot_is_named(home: Path, image: GuestImage) -> None
         assert info.value.reason == "stopped: the guest rebooted or its kernel panicked"
         assert "Last console lines:" in str(info.value)
         assert "Linux version" in str(info.value)
+    finally:
+        m.close()
+
+
+def test_guest_reset_is_named_when_qemu_exits_before_its_event_is_read(
+    home: Path, image: GuestImage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QEMU sends SHUTDOWN and exits at once; berthd may see the exit first (it did in
+    CI). The reason must still be the guest's reset, not a bare "QEMU exited"."""
+    handle = Machine._on_qmp_event
+
+    def slow_reader(self: Machine, event: QmpEvent) -> None:
+        if event.name == "SHUTDOWN":
+            time.sleep(0.2)  # the exit is seen well before this event is handled
+        handle(self, event)
+
+    monkeypatch.setattr(Machine, "_on_qmp_event", slow_reader)
+    m = make(home, image, "fake.reset")
+    try:
+        with pytest.raises(BootFailure) as info:
+            m.start()
+        assert info.value.reason == "stopped: the guest rebooted or its kernel panicked"
     finally:
         m.close()
 
