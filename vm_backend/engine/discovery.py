@@ -154,7 +154,7 @@ _PODMAN_NAME_MAX = 30
 #: Podman's providers (pkg/machine/define/vmtype.go) on each platform: each keeps one
 #: <machine>.json per machine in a folder of its own.
 _PODMAN_PROVIDERS = {"darwin": ("qemu", "applehv", "libkrun"), "win32": ("wsl", "hyperv")}
-_PODMAN_RESERVED = frozenset(("qemu", "wsl", "applehv", "hyperv", "libkrun"))
+_PODMAN_RESERVED = frozenset(p for ps in _PODMAN_PROVIDERS.values() for p in ps)
 
 
 def podman_machine_names(config_dir: Path, providers: Sequence[str]) -> list[str]:
